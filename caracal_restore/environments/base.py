@@ -1,0 +1,259 @@
+"""Shared pieces of every environment: endpoints, loopback ports, and process supervision."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+from caracal_restore.redact import REDACTOR
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+#: Unprivileged account that runs servers which refuse to run as root (initdb, postgres).
+UNPRIVILEGED_USER = "nobody"
+
+
+def free_port() -> int:
+    """A TCP port that is free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names the loopback interface (the only place the suite sends traffic)."""
+    if host in {"localhost", "::1", ""} or host.startswith("/"):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return all(info[4][0].startswith("127.") or info[4][0] == "::1" for info in infos)
+
+
+@dataclasses.dataclass(frozen=True)
+class PgEndpoint:
+    """How to reach one PostgreSQL database (the password never appears in a repr)."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+    password: str = dataclasses.field(default="", repr=False)
+    options: str = ""
+
+    def __post_init__(self) -> None:
+        REDACTOR.add(self.password)
+
+    def with_db(self, dbname: str) -> PgEndpoint:
+        """The same server and login, another database."""
+        return dataclasses.replace(self, dbname=dbname)
+
+    def with_login(self, user: str, password: str) -> PgEndpoint:
+        """The same server and database, another login."""
+        return dataclasses.replace(self, user=user, password=password)
+
+    def read_only(self) -> PgEndpoint:
+        """The same endpoint, every transaction read-only (restored data is read, never written)."""
+        return dataclasses.replace(self, options="-c default_transaction_read_only=on")
+
+    def conninfo(self) -> str:
+        """A libpq keyword/value connection string (contains the password: never log it)."""
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "dbname": self.dbname,
+            "connect_timeout": "10",
+        }
+        if self.password:
+            parts["password"] = self.password
+        if self.options:
+            parts["options"] = self.options
+        return " ".join(f"{k}='{_quote_kv(v)}'" for k, v in parts.items())
+
+    def url(self) -> str:
+        """A postgres:// URL (contains the password: never log it)."""
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"postgres://{auth}@{self.host}:{self.port}/{quote(self.dbname, safe='')}"
+
+    def libpq_env(self) -> dict[str, str]:
+        """Environment variables for libpq command-line tools (pg_dump, pg_restore, psql)."""
+        env = {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGDATABASE": self.dbname,
+            "PGCONNECT_TIMEOUT": "10",
+        }
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    @property
+    def where(self) -> str:
+        """A secret-free description for logs and evidence."""
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def _quote_kv(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisEndpoint:
+    """How to reach one Redis server (the password never appears in a repr)."""
+
+    host: str
+    port: int
+    password: str = dataclasses.field(default="", repr=False)
+    username: str = ""
+
+    def __post_init__(self) -> None:
+        REDACTOR.add(self.password)
+
+    def url(self) -> str:
+        """A redis:// URL (contains the password: never log it)."""
+        auth = ""
+        if self.password:
+            auth = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def where(self) -> str:
+        """A secret-free description for logs and evidence."""
+        return f"redis://{self.host}:{self.port}"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class _Reaper:
+    """Stops every process the suite started, also when the run fails or is interrupted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stoppers: dict[int, tuple[str, Callable[[], None]]] = {}
+        self._next = 0
+        self._installed = False
+
+    def register(self, name: str, stop: Callable[[], None]) -> int:
+        self._install()
+        with self._lock:
+            self._next += 1
+            self._stoppers[self._next] = (name, stop)
+            return self._next
+
+    def unregister(self, token: int) -> None:
+        with self._lock:
+            self._stoppers.pop(token, None)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            items = list(self._stoppers.items())
+            self._stoppers.clear()
+        for _token, (name, stop) in reversed(items):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - best effort at exit, keep stopping the rest
+                log.warning("could not stop %s at exit: %s", name, exc)
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return [name for name, _ in self._stoppers.values()]
+
+    def _install(self) -> None:
+        if self._installed:
+            return
+        self._installed = True
+        atexit.register(self.stop_all)
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_sigterm(signum: int, frame: object) -> None:
+                # Turn SIGTERM into an interrupt so fixture teardown runs, then stop the rest.
+                self.stop_all()
+                if callable(previous):
+                    previous(signum, frame)  # type: ignore[arg-type]
+                raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, on_sigterm)
+
+
+REAPER = _Reaper()
+
+
+@contextlib.contextmanager
+def supervised(name: str, stop: Callable[[], None]) -> Iterator[None]:
+    """Run ``stop`` when the block ends, at interpreter exit, or on SIGTERM, whichever comes first."""
+    token = REAPER.register(name, stop)
+    try:
+        yield
+    finally:
+        REAPER.unregister(token)
+        stop()
+
+
+def run_as_user() -> str | None:
+    """The account servers must run as: ``nobody`` when we are root, else ourselves (None)."""
+    return UNPRIVILEGED_USER if os.geteuid() == 0 else None
+
+
+def give_to(path: Path, user: str | None) -> None:
+    """Hand a directory we created to the account that runs the server."""
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def run_tool(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    timeout: float = 600,
+    what: str,
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command-line tool, raising ``RuntimeError`` with its (redacted) stderr on failure."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(  # noqa: S603 - argv is built by the suite, never a shell
+        [str(a) for a in argv],
+        env=full_env,
+        user=user,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+        input=stdin,
+    )
+    if proc.returncode != 0:
+        err = REDACTOR(proc.stderr.decode(errors="replace").strip()[-4000:])
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {err}")
+    return proc
+
+
+def which(name: str) -> str | None:
+    """``shutil.which`` with a clear type."""
+    return shutil.which(name)

@@ -1,0 +1,394 @@
+"""Object stores for audit exports and bundles: an S3 endpoint (embedded moto server, MinIO in
+docker, or a real S3-compatible service) or a plain directory.
+
+Before any retention or immutability verdict the suite probes what the substrate *enforces*
+(``probe_immutability``); an emulator that does not enforce Object Lock must never make an
+immutability check pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import datetime as dt
+import secrets
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from caracal_restore.environments.base import LOOPBACK, free_port, is_loopback, supervised
+from caracal_restore.errors import EnvironmentNotReady, NotIsolated
+from caracal_restore.redact import REDACTOR
+from caracal_restore.waiting import until
+
+PROVIDERS = ("embedded", "docker", "external", "dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    """One key in a store: its size and how many versions it has (1 without versioning)."""
+
+    key: str
+    size: int
+    versions: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ImmutabilityProbe:
+    """What a substrate was observed to enforce (each field is an observation, not a setting)."""
+
+    substrate: str
+    object_lock_configurable: bool
+    compliance_shortening_refused: bool
+    locked_version_delete_refused: bool
+    notes: tuple[str, ...] = ()
+
+    @property
+    def enforces_object_lock(self) -> bool:
+        """True only when COMPLIANCE retention was observed to resist shortening and deletion."""
+        return (
+            self.object_lock_configurable
+            and self.compliance_shortening_refused
+            and self.locked_version_delete_refused
+        )
+
+
+class ObjectStore(Protocol):
+    """The operations the suite needs from an object store."""
+
+    provider: str
+    substrate: str
+    bucket: str
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool: ...
+    def get(self, key: str) -> bytes: ...
+    def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+    def probe_immutability(self) -> ImmutabilityProbe: ...
+    def bucket_lock_configuration(self) -> dict[str, Any] | None: ...
+
+
+# ---------------------------------------------------------------------------------- S3
+
+
+class S3Store:
+    """An S3 bucket reached with boto3 (moto server, MinIO, or real S3)."""
+
+    def __init__(
+        self,
+        provider: str,
+        substrate: str,
+        endpoint_url: str | None,
+        bucket: str,
+        *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.provider = provider
+        self.substrate = substrate
+        self.endpoint_url = endpoint_url
+        self.bucket = bucket
+        REDACTOR.add(secret_key or "")
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+        )
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client (for checks that read bucket configuration)."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.provider}, {self.endpoint_url or 'aws'}, bucket={self.bucket})"
+
+    def create_bucket(self, *, object_lock: bool = False, versioning: bool = True) -> None:
+        """Create the bucket (Object Lock implies versioning)."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if object_lock:
+            kwargs["ObjectLockEnabledForBucket"] = True
+        self._client.create_bucket(**kwargs)
+        if versioning and not object_lock:
+            self._client.put_bucket_versioning(
+                Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
+            )
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
+        """Write an object; with ``if_none_match`` an existing key is left alone (returns False)."""
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": "application/octet-stream",
+        }
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            self._client.put_object(**kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                return False
+            raise
+        return True
+
+    def get(self, key: str) -> bytes:
+        body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        return bytes(body.read())
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        paginator = self._client.get_paginator("list_object_versions")
+        counts: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for version in page.get("Versions", []):
+                key = version["Key"]
+                counts[key] = counts.get(key, 0) + 1
+                if version.get("IsLatest"):
+                    sizes[key] = int(version["Size"])
+        return [ObjectInfo(k, sizes.get(k, 0), counts[k]) for k in sorted(counts) if k in sizes]
+
+    def bucket_lock_configuration(self) -> dict[str, Any] | None:
+        """The bucket's Object Lock configuration, or None when it has none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            conf = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError:
+            return None
+        return dict(conf.get("ObjectLockConfiguration") or {}) or None
+
+    def probe_immutability(self) -> ImmutabilityProbe:
+        """Observe, on a scratch bucket, whether COMPLIANCE retention is really enforced."""
+        from botocore.exceptions import ClientError
+
+        probe_bucket = f"caracal-probe-{uuid.uuid4().hex[:12]}"
+        notes: list[str] = []
+        s3 = self._client
+        try:
+            s3.create_bucket(Bucket=probe_bucket, ObjectLockEnabledForBucket=True)
+        except ClientError as exc:
+            return ImmutabilityProbe(self.substrate, False, False, False,
+                                     (f"object-lock bucket refused: {exc}",))
+        until_date = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        try:
+            put = s3.put_object(
+                Bucket=probe_bucket,
+                Key="probe",
+                Body=b"probe",
+                ObjectLockMode="COMPLIANCE",
+                ObjectLockRetainUntilDate=until_date,
+            )
+            version_id = put.get("VersionId")
+        except ClientError as exc:
+            return ImmutabilityProbe(self.substrate, False, False, False,
+                                     (f"COMPLIANCE put refused: {exc}",))
+        shortened_refused = False
+        try:
+            s3.put_object_retention(
+                Bucket=probe_bucket,
+                Key="probe",
+                VersionId=version_id,
+                Retention={
+                    "Mode": "COMPLIANCE",
+                    "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1),
+                },
+            )
+            notes.append("shortening a COMPLIANCE retention was accepted")
+        except ClientError as exc:
+            shortened_refused = True
+            notes.append(f"shortening refused: {exc.response.get('Error', {}).get('Code')}")
+        delete_refused = False
+        try:
+            s3.delete_object(Bucket=probe_bucket, Key="probe", VersionId=version_id)
+            notes.append("deleting a locked version was accepted")
+        except ClientError as exc:
+            delete_refused = True
+            notes.append(f"delete refused: {exc.response.get('Error', {}).get('Code')}")
+        if not delete_refused:
+            with contextlib.suppress(ClientError):
+                s3.delete_bucket(Bucket=probe_bucket)
+        return ImmutabilityProbe(self.substrate, True, shortened_refused, delete_refused,
+                                 tuple(notes))
+
+
+# --------------------------------------------------------------------------------- dir
+
+
+class DirStore:
+    """A plain directory: no versioning, no locks (its probe says so)."""
+
+    provider = "dir"
+    substrate = "directory"
+
+    def __init__(self, root: Path, bucket: str = "archive") -> None:
+        self.root = root
+        self.bucket = bucket
+        (root / bucket).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"DirStore({self.root})"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / self.bucket / key).resolve()
+        if not str(path).startswith(str((self.root / self.bucket).resolve())):
+            raise ValueError(f"key escapes the store: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool:
+        path = self._path(key)
+        if if_none_match and path.exists():
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return True
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self.root / self.bucket
+        out = []
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    out.append(ObjectInfo(key, path.stat().st_size))
+        return out
+
+    def bucket_lock_configuration(self) -> dict[str, Any] | None:
+        return None
+
+    def probe_immutability(self) -> ImmutabilityProbe:
+        return ImmutabilityProbe(self.substrate, False, False, False,
+                                 ("a plain directory enforces no retention",))
+
+
+# ----------------------------------------------------------------------------- providers
+
+
+@dataclasses.dataclass
+class ObjectStoreServer:
+    """Where the store lives and how to make buckets in it."""
+
+    provider: str
+    substrate: str
+    endpoint_url: str | None
+    access_key: str | None = dataclasses.field(default=None, repr=False)
+    secret_key: str | None = dataclasses.field(default=None, repr=False)
+    root: Path | None = None
+
+    def bucket(self, name: str, *, create: bool = False, object_lock: bool = False) -> ObjectStore:
+        """A store for one bucket (created when asked)."""
+        if self.provider == "dir":
+            assert self.root is not None
+            return DirStore(self.root, name)
+        store = S3Store(self.provider, self.substrate, self.endpoint_url, name,
+                        access_key=self.access_key, secret_key=self.secret_key)
+        if create:
+            store.create_bucket(object_lock=object_lock)
+        return store
+
+
+@contextlib.contextmanager
+def embedded() -> Iterator[ObjectStoreServer]:
+    """A moto S3 server on 127.0.0.1 (an emulator: the probe decides what it enforces)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
+    server.start()
+    url = f"http://{LOOPBACK}:{port}"
+    with supervised(f"moto S3 server on {url}", server.stop):
+        import httpx
+
+        until(lambda: httpx.get(url + "/moto-api/", timeout=2).status_code < 500, timeout=30,
+              transient=(httpx.HTTPError,), what="moto S3 server answers")
+        yield ObjectStoreServer("embedded", "moto", url, "testing", "testing")
+
+
+@contextlib.contextmanager
+def docker(*, image: str = "minio/minio:latest") -> Iterator[ObjectStoreServer]:
+    """MinIO in a throwaway container bound to 127.0.0.1."""
+    from caracal_restore.environments.postgres import docker_available
+
+    reason = docker_available()
+    if reason:
+        raise EnvironmentNotReady(
+            f"--object-store-provider docker: {reason}; start Docker or use embedded"
+        )
+    from testcontainers.minio import MinioContainer
+
+    secret = secrets.token_hex(16)
+    port = free_port()
+    container = MinioContainer(image, access_key="caracal", secret_key=secret)
+    container.with_bind_ports(9000, (LOOPBACK, port))
+    with container:
+        yield ObjectStoreServer("docker", "minio", f"http://{LOOPBACK}:{port}", "caracal", secret)
+
+
+@contextlib.contextmanager
+def external(endpoint_url: str | None, *, allow_remote: bool = False) -> Iterator[ObjectStoreServer]:
+    """A real S3 (or compatible) endpoint; credentials from the standard AWS chain."""
+    if endpoint_url:
+        from urllib.parse import urlparse
+
+        host = urlparse(endpoint_url).hostname or ""
+        if not allow_remote and not is_loopback(host):
+            raise NotIsolated(
+                f"object store endpoint {host!r} is not on loopback; pass --allow-remote-target "
+                "to use a remote S3 endpoint"
+            )
+    elif not allow_remote:
+        raise NotIsolated("AWS S3 is remote; pass --allow-remote-target to use it")
+    yield ObjectStoreServer("external", "s3", endpoint_url)
+
+
+@contextlib.contextmanager
+def directory(workdir: Path | None = None, keep: bool = False) -> Iterator[ObjectStoreServer]:
+    """A plain directory standing in for a bucket."""
+    root = Path(tempfile.mkdtemp(prefix="caracal-objects-", dir=workdir))
+    try:
+        yield ObjectStoreServer("dir", "directory", None, root=root)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def provide(
+    provider: str,
+    *,
+    endpoint_url: str | None = None,
+    workdir: Path | None = None,
+    keep: bool = False,
+    allow_remote: bool = False,
+) -> Iterator[ObjectStoreServer]:
+    """Start (or attach to) an object store by provider name."""
+    if provider == "embedded":
+        with embedded() as server:
+            yield server
+    elif provider == "docker":
+        with docker() as server:
+            yield server
+    elif provider == "external":
+        with external(endpoint_url, allow_remote=allow_remote) as server:
+            yield server
+    elif provider == "dir":
+        with directory(workdir, keep) as server:
+            yield server
+    else:
+        raise EnvironmentNotReady(f"unknown object store provider {provider!r}; use {PROVIDERS}")
