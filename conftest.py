@@ -1,0 +1,8 @@
+"""Root conftest: wiring only (pytest_plugins may live only here)."""
+
+pytest_plugins = (
+    "fixtures.options",
+    "fixtures.controls",
+    "fixtures.evidence",
+    "fixtures.environment",
+)
