@@ -1,0 +1,469 @@
+"""STS/Gateway audit replay volumes: the wire encoding of audit events, writer and grammar scan.
+
+An event that STS or the Gateway could not XADD to ``caracal.audit.events`` is persisted to
+``<volume>/audit-replay/pending-<pid>-<unixnano>.ndjson`` (file 0600, directory 0750), one
+Go ``json.Marshal(audit.Event)`` per line (FACTS-1.0 §10, §4.1). The same encoding is the
+``data`` field of an audit stream message, so the stream producer in ``redis_state`` uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from caracal_restore.chainhash import unix_nanos
+
+#: Directory under the volume root (``/var/lib/caracal``) that holds the replay files.
+REPLAY_SUBDIR = "audit-replay"
+FILE_MODE = 0o600
+DIR_MODE = 0o750
+#: Lines longer than this are skipped by the services' replay reader.
+MAX_LINE_BYTES = 1 << 20
+NAME_PATTERN = re.compile(r"pending-(\d+)-(\d+)\.ndjson")
+
+#: Wire keys in Go struct order; ``True`` marks ``omitempty`` fields (omitted when empty).
+WIRE_FIELDS: tuple[tuple[str, bool], ...] = (
+    ("id", False),
+    ("zone_id", False),
+    ("event_type", False),
+    ("request_id", False),
+    ("decision", False),
+    ("policy_set_id", True),
+    ("policy_set_version_id", True),
+    ("manifest_sha", True),
+    ("evaluation_status", False),
+    ("determining_policies_json", False),
+    ("diagnostics_json", False),
+    ("metadata_json", True),
+    ("occurred_at", False),
+)
+WIRE_KEYS = frozenset(name for name, _ in WIRE_FIELDS)
+JSON_FIELDS = frozenset({"determining_policies_json", "diagnostics_json", "metadata_json"})
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+# ------------------------------------------------------------------------------ encoding
+
+
+def go_string(value: str) -> str:
+    """A JSON string literal exactly as Go's encoding/json writes it (HTML-safe escaping)."""
+    out = ['"']
+    for ch in value:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in "\n\r\t\b\f":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}[ch])
+        elif code < 0x20 or ch in "<>&" or code in (0x2028, 0x2029):
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("\ufffd")  # Go replaces invalid UTF-8 (lone surrogates) with U+FFFD
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def go_json(value: Any) -> str:
+    """Compact JSON of a Python value as Go marshals it (map keys sorted, HTML escaping)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return go_string(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ",".join(f"{go_string(k)}:{go_json(v)}" for k, v in items) + "}"
+    if isinstance(value, Sequence):
+        return "[" + ",".join(go_json(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def compact_raw_json(text: str) -> str:
+    """A ``json.RawMessage`` as Go re-emits it: whitespace removed, key order kept, HTML-escaped."""
+    json.loads(text)  # Go refuses to marshal invalid raw JSON; so do we
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            j = i + 1
+            while text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            literal = text[i : j + 1]
+            out.append(
+                literal.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+                .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+            )
+            i = j + 1
+        elif ch in " \t\r\n":
+            i += 1
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """Go's RFC 3339 with nanoseconds: UTC, fractional seconds trimmed of zeros, ``Z``."""
+    if moment.tzinfo is None:
+        raise ValueError("occurred_at must be timezone-aware")
+    utc = moment.astimezone(dt.UTC)
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    if utc.microsecond:
+        text += "." + f"{utc.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_rfc3339(text: str) -> dt.datetime:
+    """Parse an RFC 3339 timestamp (up to 9 fractional digits), truncated to microseconds."""
+    match = _RFC3339.fullmatch(text)
+    if not match:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second, frac, zone = match.groups()
+    micros = int((frac or "").ljust(6, "0")[:6])
+    tz = dt.UTC
+    if zone not in {"Z", "z"}:
+        sign = 1 if zone[0] == "+" else -1
+        tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    return dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                       micros, tzinfo=tz).astimezone(dt.UTC)
+
+
+def wire_json(event: Mapping[str, Any]) -> bytes:
+    """The exact bytes Go's ``json.Marshal(audit.Event)`` produces for an event.
+
+    Text fields are strings (``None`` counts as empty); JSON fields are raw JSON text (kept
+    in its key order, compacted) or Python values (marshalled, map keys sorted); a missing
+    JSON field is ``null`` (``metadata_json`` is omitted instead); ``occurred_at`` is an
+    aware datetime or an RFC 3339 string.
+    """
+    unknown = set(event) - WIRE_KEYS
+    if unknown:
+        raise ValueError(f"not audit wire keys: {sorted(unknown)}")
+    parts = []
+    for name, omitempty in WIRE_FIELDS:
+        value = event.get(name)
+        if name == "occurred_at":
+            if value is None:
+                raise ValueError("occurred_at is required")
+            text = rfc3339(value) if isinstance(value, dt.datetime) else str(value)
+            encoded = go_string(text)
+        elif name in JSON_FIELDS:
+            if value is None or value == "":
+                if omitempty:
+                    continue
+                encoded = "null"
+            else:
+                encoded = compact_raw_json(value) if isinstance(value, str) else go_json(value)
+        else:
+            text = "" if value is None else str(value)
+            if omitempty and not text:
+                continue
+            encoded = go_string(text)
+        parts.append(f"{go_string(name)}:{encoded}")
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+# ------------------------------------------------------------------------ event generation
+
+
+def uuid7(moment: dt.datetime, salt: str) -> str:
+    """A UUIDv7 for ``moment`` whose random bits are derived from ``salt`` (reproducible)."""
+    ms = unix_nanos(moment) // 1_000_000
+    rand = int.from_bytes(hashlib.sha256(salt.encode()).digest()[:10], "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def undelivered_events(
+    zone_ids: Sequence[str],
+    *,
+    count: int,
+    start: dt.datetime,
+    producer: str,
+    seed: str = "",
+) -> list[dict[str, Any]]:
+    """Reproducible wire events a producer (``sts`` or ``gateway``) has not yet delivered."""
+    if not zone_ids:
+        raise ValueError("undelivered events need at least one zone id")
+    if producer not in {"sts", "gateway"}:
+        raise ValueError(f"producer must be 'sts' or 'gateway', not {producer!r}")
+    events = []
+    for i in range(count):
+        occurred = start + dt.timedelta(milliseconds=137 * i, microseconds=(i * 7919) % 1000)
+        salt = f"{seed}:{producer}:{i}"
+        deny = i % 5 == 4
+        request_id = "req_" + hashlib.sha256(salt.encode()).hexdigest()[:24]
+        event: dict[str, Any] = {
+            "id": uuid7(occurred, salt),
+            "zone_id": zone_ids[i % len(zone_ids)],
+            "event_type": "token_exchange" if producer == "sts" else "gateway_resource_request",
+            "request_id": request_id,
+            "decision": "deny" if deny else "allow",
+            "evaluation_status": "complete" if producer == "sts" else "executed",
+            "determining_policies_json": [] if deny else [{"policy": "caracal-bootstrap"}],
+            "diagnostics_json": [],
+            "metadata_json": {"producer": producer, "replay_index": i},
+            "occurred_at": occurred,
+        }
+        events.append(event)
+    return events
+
+
+# --------------------------------------------------------------------------------- writer
+
+
+def write_replay_files(
+    root: Path,
+    events: Iterable[Mapping[str, Any]],
+    *,
+    pid: int,
+    files: int,
+    owner: tuple[int, int] | None = None,
+) -> list[Path]:
+    """Write events as ``<root>/audit-replay/pending-<pid>-<unixnano>.ndjson`` files.
+
+    Events are split into at most ``files`` consecutive chunks; each file is named after the
+    nanosecond just after its newest event (strictly increasing), written 0600, fsync'd,
+    and the directory (0750) fsync'd, as the services do. ``owner`` (uid, gid) chowns both.
+    """
+    if files < 1:
+        raise ValueError("files must be >= 1")
+    directory = root / REPLAY_SUBDIR
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(DIR_MODE)
+    lines = [(wire_json(e), _nanos_of(e.get("occurred_at"))) for e in events]
+    chunks = _split(lines, min(files, len(lines)))
+    written: list[Path] = []
+    last_nano = 0
+    for chunk in chunks:
+        nano = max(max(n for _, n in chunk) + 1, last_nano + 1)
+        last_nano = nano
+        path = directory / f"pending-{pid}-{nano}.ndjson"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            os.write(fd, b"".join(line + b"\n" for line, _ in chunk))
+            os.fchmod(fd, FILE_MODE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if owner is not None:
+            os.chown(path, *owner)
+        written.append(path)
+    if owner is not None:
+        os.chown(directory, *owner)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return written
+
+
+def _nanos_of(value: Any) -> int:
+    if isinstance(value, dt.datetime):
+        return unix_nanos(value)
+    if isinstance(value, str):
+        return unix_nanos(parse_rfc3339(value))
+    raise ValueError("every replayed event needs occurred_at")
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    if parts <= 0:
+        return []
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+# ----------------------------------------------------------------------------------- scan
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayEvent:
+    """One event line of a replay file, with the fields a continuity check compares."""
+
+    file: str
+    line: int
+    id: str
+    zone_id: str
+    event_type: str | None
+    request_id: str | None
+    decision: str | None
+    occurred_at: dt.datetime  # UTC, truncated to microseconds like the audit table
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayFile:
+    """One file of the replay directory as found on disk."""
+
+    name: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    pid: int | None
+    unix_nanos: int | None
+    events: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayScan:
+    """What a replay directory holds and every way it departs from the file grammar."""
+
+    directory: Path
+    exists: bool
+    dir_mode: int | None
+    files: tuple[ReplayFile, ...]
+    events: tuple[ReplayEvent, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def event_ids(self) -> tuple[str, ...]:
+        """Event ids in file-name then line order (duplicates kept)."""
+        return tuple(e.id for e in self.events)
+
+
+def parse_replay_dir(root: Path) -> ReplayScan:
+    """Scan ``<root>/audit-replay`` and validate names, lines and keys (FACTS-1.0 §20 A3.2)."""
+    directory = root / REPLAY_SUBDIR
+    if not directory.is_dir():
+        return ReplayScan(directory, False, None, (), (), ())
+    problems: list[str] = []
+    files: list[ReplayFile] = []
+    events: list[ReplayEvent] = []
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
+        name = path.name
+        if name.startswith(".ready-"):
+            continue  # transient readiness probe files
+        if not path.is_file() or path.is_symlink():
+            problems.append(f"{name}: not a regular file")
+            continue
+        match = NAME_PATTERN.fullmatch(name)
+        if not match:
+            problems.append(f"{name}: name is not pending-<digits>-<digits>.ndjson")
+        found = _scan_file(path, problems)
+        events.extend(found)
+        st = path.stat()
+        files.append(
+            ReplayFile(
+                name=name,
+                size=st.st_size,
+                mode=st.st_mode & 0o7777,
+                uid=st.st_uid,
+                gid=st.st_gid,
+                pid=int(match.group(1)) if match else None,
+                unix_nanos=int(match.group(2)) if match else None,
+                events=len(found),
+            )
+        )
+    dir_mode = directory.stat().st_mode & 0o7777
+    return ReplayScan(directory, True, dir_mode, tuple(files), tuple(events), tuple(problems))
+
+
+def _scan_file(path: Path, problems: list[str]) -> list[ReplayEvent]:
+    data = path.read_bytes()
+    name = path.name
+    if data and not data.endswith(b"\n"):
+        problems.append(f"{name}: last line is not newline-terminated (torn write?)")
+    found = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{name}:{number}"
+        if len(raw) > MAX_LINE_BYTES:
+            problems.append(f"{where}: line longer than 1 MiB")
+            continue
+        event = _parse_line(raw, where, problems)
+        if event is not None:
+            found.append(dataclasses.replace(event, file=name, line=number))
+    return found
+
+
+def _parse_line(raw: bytes, where: str, problems: list[str]) -> ReplayEvent | None:
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs)
+    except (UnicodeDecodeError, ValueError) as exc:
+        problems.append(f"{where}: not JSON ({type(exc).__name__})")
+        return None
+    if not isinstance(obj, dict):
+        problems.append(f"{where}: not a JSON object")
+        return None
+    if "\x00dup" in obj:
+        problems.append(f"{where}: duplicate keys {sorted(obj.pop(chr(0) + 'dup'))}")
+    extra = set(obj) - WIRE_KEYS
+    if extra:
+        problems.append(f"{where}: keys outside the wire set {sorted(extra)}")
+    ok = True
+    for key in ("id", "zone_id"):
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            problems.append(f"{where}: {key} missing or empty")
+            ok = False
+    for key in ("event_type", "request_id", "decision", "policy_set_id",
+                "policy_set_version_id", "manifest_sha", "evaluation_status"):
+        if key in obj and not isinstance(obj[key], str):
+            problems.append(f"{where}: {key} is not a string")
+    occurred = obj.get("occurred_at")
+    moment = None
+    if isinstance(occurred, str):
+        try:
+            moment = parse_rfc3339(occurred)
+        except ValueError:
+            moment = None
+    if moment is None:
+        problems.append(f"{where}: occurred_at missing or not RFC 3339")
+        ok = False
+    if not ok or moment is None:
+        return None
+    return ReplayEvent(
+        file="",
+        line=0,
+        id=obj["id"],
+        zone_id=obj["zone_id"],
+        event_type=_str_or_none(obj.get("event_type")),
+        request_id=_str_or_none(obj.get("request_id")),
+        decision=_str_or_none(obj.get("decision")),
+        occurred_at=moment,
+    )
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    dups = []
+    for key, value in pairs:
+        if key in out:
+            dups.append(key)
+        out[key] = value
+    if dups:
+        out["\x00dup"] = dups
+    return out
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
