@@ -79,10 +79,19 @@ def take_fingerprint(
     """
     if conn.autocommit:
         with conn.transaction():
-            return take_fingerprint(
-                conn, redis_client=redis_client, tables=tables, sessions_table=sessions_table,
-                agents_table=agents_table, batch_size=batch_size,
-            )
+            return _collect(conn, redis_client, tables, sessions_table, agents_table, batch_size)
+    return _collect(conn, redis_client, tables, sessions_table, agents_table, batch_size)
+
+
+def _collect(
+    conn: psycopg.Connection[Any],
+    redis_client: Any,
+    tables: Iterable[str] | None,
+    sessions_table: str,
+    agents_table: str,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Everything of ``take_fingerprint``, inside an open transaction."""
     for name, value in _PINNED_SETTINGS:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     row = conn.execute("SELECT now(), current_database()").fetchone()
@@ -296,7 +305,8 @@ def compare_tables(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> li
     problems: list[str] = []
     for name in [*exp, *(n for n in act if n not in exp)]:
         if name not in act:
-            problems.append(f"{name}: in the source ({exp[name]['rows']} rows), missing after restore")
+            rows = exp[name]["rows"]
+            problems.append(f"{name}: in the source ({rows} rows), missing after restore")
         elif name not in exp:
             problems.append(f"{name}: not in the source, present after restore")
         elif exp[name]["rows"] != act[name]["rows"]:
@@ -338,7 +348,7 @@ def _short(value: object, limit: int = 300) -> str:
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    """SHA-256 of every regular file under ``root`` by POSIX relative path (fingerprint excluded)."""
+    """SHA-256 of every regular file under ``root`` by POSIX path (fingerprint.json excluded)."""
     out: dict[str, str] = {}
     for path in _regular_files(root):
         rel = path.relative_to(root).as_posix()
