@@ -101,7 +101,9 @@ class Response:
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
-def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+def json_response(
+    status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+) -> Response:
     """A compact JSON response."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     return Response(status, body, [("Content-Type", "application/json"), *(headers or [])])
@@ -139,7 +141,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except HttpError as exc:
             response = json_response(exc.status, exc.body)
         except Exception:
-            log.exception("%s: unhandled error on %s %s", self.server.name, self.command, parts.path)
+            log.exception("%s: unhandled error on %s %s", self.server.name, self.command,
+                          parts.path)
             response = json_response(500, {"error": "internal_error",
                                            "error_description": "internal error"})
         self._send(response)
@@ -157,7 +160,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Send access lines to logging (never stderr), without query strings."""
         log.debug("%s: %s %s", self.server.name, self.command, urlsplit(self.path).path)
 
@@ -235,11 +238,11 @@ class Lifecycle:
             server.server_close()
 
         self.on_stop(stop_server)
-        host, port = server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = int(server.server_address[1])
+        return f"http://{LOOPBACK}:{port}"
 
     def worker(self, name: str, body: Callable[[threading.Event], None]) -> None:
-        """Run ``body(stopping)`` in a thread that is joined at stop; ``body`` must watch the event."""
+        """Run ``body(stopping)`` in a thread joined at stop; ``body`` must watch the event."""
 
         def run() -> None:
             try:

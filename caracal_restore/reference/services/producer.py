@@ -36,7 +36,7 @@ _OMIT_EMPTY = ("policy_set_id", "policy_set_version_id", "manifest_sha")
 
 
 def rfc3339(moment: dt.datetime) -> str:
-    """Go's RFC 3339 rendering of a UTC time: fractional digits with trailing zeros trimmed, ``Z``."""
+    """Go's RFC 3339 rendering of a UTC time: fraction without trailing zeros, then ``Z``."""
     moment = moment.astimezone(dt.UTC)
     text = moment.strftime("%Y-%m-%dT%H:%M:%S")
     if moment.microsecond:

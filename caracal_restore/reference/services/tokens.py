@@ -49,7 +49,8 @@ def sign_es256(key: ec.EllipticCurvePrivateKey, kid: str, claims: Mapping[str, A
     header = {"alg": "ES256", "kid": kid, "typ": "JWT"}
     signing_input = f"{b64url(_json(header))}.{b64url(_json(claims))}".encode()
     r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-    return signing_input.decode() + "." + b64url(r.to_bytes(_COORD, "big") + s.to_bytes(_COORD, "big"))
+    raw = r.to_bytes(_COORD, "big") + s.to_bytes(_COORD, "big")
+    return signing_input.decode() + "." + b64url(raw)
 
 
 def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
