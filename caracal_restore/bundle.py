@@ -189,10 +189,11 @@ def take_backup(
             snapshots[db] = snapshot
             if fp is not None:
                 fingerprints[db] = fp
-        redis_state = None
         if redis_dir_provider is not None:
             _copy_aof(redis_dir_provider(), root / "redis" / "appendonlydir")
-        if redis_client is not None:
+        # Read right after the AOF copy; like backup.sh there is no global cut with Postgres.
+        redis_state = None
+        if redis_client is not None and fingerprint_hook is not None:
             redis_state = redis_stream_state(redis_client)
         for service, source in (replay_dirs or {}).items():
             if source is not None:
@@ -787,20 +788,34 @@ def list_bundles(
     newest first."""
     text = str(location)
     if text.startswith("s3://"):
-        bucket, _, prefix = text[5:].partition("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        paginator = _s3(object_store_client, endpoint_url).get_paginator("list_objects_v2")
-        names = [
-            obj["Key"][len(prefix):]
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-            for obj in page.get("Contents", [])
-        ]
-    else:
+        names = _s3_names(text, object_store_client, endpoint_url)
+    elif Path(text).is_dir():
         names = [p.name for p in Path(text).iterdir() if p.is_file()]
+    else:
+        raise BundleError(f"backup location {text} is not a directory; pass a directory or "
+                          "s3://bucket/prefix")
     found = []
     for name in names:
         match = ARCHIVE_RE.fullmatch(name)
         if match and _is_stamp(match.group(1)):
             found.append((name, parse_stamp(match.group(1))))
     return sorted(found, key=lambda item: (item[1], item[0]), reverse=True)
+
+
+def _s3_names(url: str, client: Any, endpoint_url: str | None) -> list[str]:
+    """Object names directly under an ``s3://bucket/prefix`` (the prefix taken as a folder)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = url[5:].partition("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    try:
+        paginator = _s3(client, endpoint_url).get_paginator("list_objects_v2")
+        return [
+            obj["Key"][len(prefix):]
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+            for obj in page.get("Contents", [])
+        ]
+    except (ClientError, BotoCoreError) as exc:
+        raise BundleError(REDACTOR(f"cannot list {url}: {exc}; check the bucket and "
+                                   "credentials")) from None

@@ -172,19 +172,23 @@ def _scan(conn: psycopg.Connection[Any], table: sql.Composable, batch_size: int)
 # ------------------------------------------------------------------- release-specific
 
 
-def _relation(conn: psycopg.Connection[Any], name: str) -> sql.Composable | None:
-    """The qualified identifier of a table resolved by ``search_path`` (None when absent)."""
+def _relation(
+    conn: psycopg.Connection[Any], name: str, schema: str | None = "public"
+) -> sql.Composable | None:
+    """The qualified identifier of a table in ``schema`` (None: first on ``search_path``)."""
     row = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.oid = to_regclass(%s)",
-        (name,),
+        " WHERE c.relkind IN ('r', 'p') AND c.relname = %(name)s AND CASE"
+        " WHEN %(schema)s::text IS NULL THEN pg_table_is_visible(c.oid)"
+        " ELSE n.nspname = %(schema)s END",
+        {"name": name, "schema": schema},
     ).fetchone()
     return sql.Identifier(row[0], row[1]) if row else None
 
 
 def audit_partitions(conn: psycopg.Connection[Any]) -> list[dict[str, str]] | None:
     """Children of ``audit_events`` with their bound expressions (None without the table)."""
-    if _relation(conn, "public.audit_events") is None:
+    if _relation(conn, "audit_events") is None:
         return None
     rows = conn.execute(
         "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
@@ -196,7 +200,7 @@ def audit_partitions(conn: psycopg.Connection[Any]) -> list[dict[str, str]] | No
 
 def audit_heads(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]] | None:
     """Per zone: row count, lowest and highest ``chain_seq`` and the head's content hash."""
-    table = _relation(conn, "public.audit_events")
+    table = _relation(conn, "audit_events")
     if table is None:
         return None
     counts = conn.execute(
@@ -220,7 +224,7 @@ def audit_heads(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]] | No
 
 def policy_activation(conn: psycopg.Connection[Any]) -> dict[str, list[dict[str, Any]]] | None:
     """``policy_set_bindings`` per zone: which version of each policy set is active."""
-    table = _relation(conn, "public.policy_set_bindings")
+    table = _relation(conn, "policy_set_bindings")
     if table is None:
         return None
     out: dict[str, list[dict[str, Any]]] = {}
@@ -234,7 +238,7 @@ def policy_activation(conn: psycopg.Connection[Any]) -> dict[str, list[dict[str,
 
 def binding_revision(conn: psycopg.Connection[Any]) -> int | None:
     """``gateway_binding_revision.version`` (None when the release has no such table or row)."""
-    table = _relation(conn, "public.gateway_binding_revision")
+    table = _relation(conn, "gateway_binding_revision")
     if table is None:
         return None
     row = conn.execute(sql.SQL("SELECT max(version) FROM {}").format(table)).fetchone()
@@ -253,7 +257,7 @@ def revoked(
 
 
 def _ids(conn: psycopg.Connection[Any], name: str, statuses: tuple[str, ...]) -> list[str] | None:
-    table = _relation(conn, f"public.{name}")
+    table = _relation(conn, name)
     if table is None:
         return None
     query = sql.SQL("SELECT id::text FROM {} WHERE status = ANY(%s) ORDER BY id").format(table)
@@ -262,7 +266,7 @@ def _ids(conn: psycopg.Connection[Any], name: str, statuses: tuple[str, ...]) ->
 
 def ledger(conn: psycopg.Connection[Any]) -> list[str] | None:
     """Applied migration versions from ``schema_migrations`` (resolved through search_path)."""
-    table = _relation(conn, "schema_migrations")
+    table = _relation(conn, "schema_migrations", schema=None)
     if table is None:
         return None
     query = sql.SQL("SELECT version::text FROM {} ORDER BY version").format(table)
