@@ -152,7 +152,6 @@ def take_backup(
     replay_dirs: Mapping[str, Path | None] | None = None,
     fingerprint_hook: FingerprintHook | None = None,
     exclude_databases: Iterable[str] = (),
-    keep_tree: bool = False,
 ) -> Path:
     """Write ``out_dir/caracalBackup-<stamp>.tar.gz`` the way backup.sh does, plus a fingerprint.
 
@@ -163,10 +162,8 @@ def take_backup(
     ``audit-replay`` directory). fingerprint.json is written when ``fingerprint_hook`` is given.
     """
     stamp = stamp or new_stamp()
-    try:
-        parse_stamp(stamp)
-    except ValueError:
-        raise BackupFailed(f"stamp {stamp!r} is not %Y%m%dT%H%M%SZ (UTC)") from None
+    if not _is_stamp(stamp):
+        raise BackupFailed(f"stamp {stamp!r} is not %Y%m%dT%H%M%SZ (UTC)")
     unknown = set(replay_dirs or {}) - set(REPLAY_SERVICES)
     if unknown:
         raise BackupFailed(f"replay_dirs names {sorted(unknown)}; only {REPLAY_SERVICES} exist")
@@ -175,55 +172,57 @@ def take_backup(
     if archive.exists():
         raise BackupFailed(f"{archive} already exists; bundles are never overwritten")
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+    partial = out_dir / f".{name}.tar.gz.partial"
     root = staging / name
     try:
         (root / "postgres").mkdir(parents=True)
         (root / "replay").mkdir()
         _dump_globals(pg_admin, tools, root / "postgres" / "globals.sql")
         databases = _list_databases(pg_admin, set(exclude_databases))
-        fingerprints: dict[str, Any] = {}
-        snapshots: dict[str, str] = {}
-        for db in databases:
-            snapshot, fp = _dump_database(pg_admin.with_db(db), tools, root / "postgres",
-                                          fingerprint_hook)
-            snapshots[db] = snapshot
-            if fp is not None:
-                fingerprints[db] = fp
+        dumped = {db: _dump_database(pg_admin.with_db(db), tools, root / "postgres",
+                                     fingerprint_hook) for db in databases}
         if redis_dir_provider is not None:
             _copy_aof(redis_dir_provider(), root / "redis" / "appendonlydir")
-        # Read right after the AOF copy; like backup.sh there is no global cut with Postgres.
-        redis_state = None
-        if redis_client is not None and fingerprint_hook is not None:
-            redis_state = redis_stream_state(redis_client)
         for service, source in (replay_dirs or {}).items():
             if source is not None:
                 _copy_replay(source, root / "replay" / service)
-        manifest = Manifest(MANIFEST_VERSION, stamp, project, tuple(databases))
-        (root / "manifest.txt").write_text(manifest.render())
+        (root / "manifest.txt").write_text(
+            Manifest(MANIFEST_VERSION, stamp, project, tuple(databases)).render())
         if fingerprint_hook is not None:
-            document = {
-                "format": 1,
-                "createdAt": stamp,
-                "project": project,
-                "databases": fingerprints,
-                "snapshots": snapshots,
-                "redis": redis_state,
-                "files": file_hashes(root),
-            }
-            (root / "fingerprint.json").write_text(
-                json.dumps(document, indent=2, sort_keys=True, default=str) + "\n"
-            )
-        partial = out_dir / f".{name}.tar.gz.partial"
-        with tarfile.open(partial, "w:gz") as tar:
+            # Redis is read after its AOF copy: like backup.sh, no global cut with Postgres.
+            redis_state = redis_stream_state(redis_client) if redis_client is not None else None
+            _write_fingerprint(root, stamp, project, dumped, redis_state)
+        with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
             tar.add(root, arcname=name)
         partial.rename(archive)
     except (OSError, psycopg.Error, redis_lib.RedisError, RuntimeError) as exc:
         raise BackupFailed(REDACTOR(f"backup {name} failed: {exc}")) from None
     finally:
-        if not keep_tree:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        partial.unlink(missing_ok=True)
     log.info("wrote %s (%d databases)", archive, len(databases))
     return archive
+
+
+def _write_fingerprint(
+    root: Path,
+    stamp: str,
+    project: str,
+    dumped: Mapping[str, tuple[str, dict[str, Any] | None]],
+    redis_state: dict[str, Any] | None,
+) -> None:
+    """fingerprint.json: per-database fingerprints and snapshots, Redis, every file's SHA-256."""
+    document = {
+        "format": 1,
+        "createdAt": stamp,
+        "project": project,
+        "databases": {db: fp for db, (_snapshot, fp) in dumped.items()},
+        "snapshots": {db: snapshot for db, (snapshot, _fp) in dumped.items()},
+        "redis": redis_state,
+        "files": file_hashes(root),
+    }
+    (root / "fingerprint.json").write_text(
+        json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _dump_globals(admin: PgEndpoint, tools: ToolPaths, dest: Path) -> None:

@@ -25,7 +25,7 @@ from caracal_restore.bundle import (
     take_backup,
 )
 from caracal_restore.environments import objectstore, postgres, redis
-from caracal_restore.errors import BundleError
+from caracal_restore.errors import BackupFailed, BundleError
 from caracal_restore.fingerprint import redis_stream_state, take_fingerprint
 
 REAL = Path("/work/shared/caracal/real-1.0/caracalBackup-20261124T061910Z.tar.gz")
@@ -176,6 +176,15 @@ def test_replica_backs_up_a_live_redis_without_writing_to_it(rs, tmp_path: Path)
         client = copy.client()
         assert redis_stream_state(client) == before_state
         client.close()
+
+
+def test_failed_backup_leaves_nothing_and_hides_the_password(pg, tmp_path: Path) -> None:
+    """A refused login is a BackupFailed naming the step; no partial bundle, no password."""
+    wrong = pg.admin.with_login("postgres", "wrong-password-4f1c9e")
+    with pytest.raises(BackupFailed, match="pg_dumpall --globals-only") as info:
+        take_backup(tmp_path, pg_admin=wrong, tools=pg.tools, stamp=STAMP)
+    assert "wrong-password-4f1c9e" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------ real 1.0
