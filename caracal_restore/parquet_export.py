@@ -1,0 +1,265 @@
+"""Audit export archive (S3 Parquet, FACTS-1.0 §6): layout, schema, reader and chain verifier.
+
+The Audit service writes one object per UTC hour of ``ingested_at``,
+``audit/<YYYY>/<MM>/<DD>/<YYYY-MM-DD>T<HH>.parquet``, one row per event in the OCSF 1.7.0
+Authorization Activity mapping below. The archive cannot re-derive content hashes (time
+is in milliseconds, NULL JSON is ``""``), but its ``chain_hmac`` links can be checked
+across all objects (FACTS-1.0 §20 A5.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hmac
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from caracal_restore.chainhash import chain_hmac
+from caracal_restore.environments.objectstore import ObjectStore
+
+#: Exact column names and types of an export object, in order.
+COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("class_uid", pa.int32()),
+    ("type_uid", pa.int32()),
+    ("severity_id", pa.int32()),
+    ("activity_id", pa.int32()),
+    ("time", pa.int64()),
+    ("zone_id", pa.string()),
+    ("request_id", pa.string()),
+    ("policy_set_version_id", pa.string()),
+    ("decision", pa.string()),
+    ("metadata_version", pa.string()),
+    ("product_name", pa.string()),
+    ("event_id", pa.string()),
+    ("event_type", pa.string()),
+    ("policy_set_id", pa.string()),
+    ("manifest_sha", pa.string()),
+    ("evaluation_status", pa.string()),
+    ("determining_policies_json", pa.string()),
+    ("diagnostics_json", pa.string()),
+    ("metadata_json", pa.string()),
+    ("content_sha256", pa.string()),
+    ("chain_hmac", pa.string()),
+    ("chain_seq", pa.int64()),
+)
+CLASS_UID = 6003
+TYPE_UID = 600301
+METADATA_VERSION = "1.7.0"
+PRODUCT_NAME = "caracal"
+WATERMARK_NAME = "parquet-hourly"
+PREFIX = "audit/"
+KEY_PATTERN = re.compile(
+    r"audit/(\d{4})/(\d{2})/(\d{2})/(\d{4})-(\d{2})-(\d{2})T(\d{2})\.parquet"
+)
+#: Columns the reader keeps per row.
+_READ = ("zone_id", "chain_seq", "event_id", "content_sha256", "chain_hmac", "time",
+         "decision", "event_type", "request_id")
+
+
+def arrow_schema() -> pa.Schema:
+    """The export schema (every column required, as parquet-go writes a Go struct)."""
+    return pa.schema([pa.field(name, kind, nullable=False) for name, kind in COLUMNS])
+
+
+def object_key(hour: dt.datetime) -> str:
+    """The object key of one UTC hour."""
+    h = hour.astimezone(dt.UTC)
+    return f"audit/{h:%Y}/{h:%m}/{h:%d}/{h:%Y-%m-%d}T{h:%H}.parquet"
+
+
+def hour_of_key(key: str) -> dt.datetime | None:
+    """The UTC hour an object key names, or None when the key is not in the export layout."""
+    match = KEY_PATTERN.fullmatch(key)
+    if not match:
+        return None
+    y, m, d, y2, m2, d2, hh = match.groups()
+    if (y, m, d) != (y2, m2, d2):
+        return None
+    try:
+        return dt.datetime(int(y), int(m), int(d), int(hh), tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def schema_signature(schema: pa.Schema) -> tuple[tuple[str, str], ...]:
+    """Column names and types of a schema, comparable with ``==``."""
+    return tuple((field.name, str(field.type)) for field in schema)
+
+
+EXPECTED_SIGNATURE = tuple((name, str(kind)) for name, kind in COLUMNS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveRow:
+    """The verifiable fields of one exported event."""
+
+    event_id: str
+    content_sha256: str
+    chain_hmac: str
+    time_ms: int
+    decision: str
+    event_type: str
+    request_id: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveObject:
+    """One object of the archive: where it is, which hour it names, and what it holds."""
+
+    key: str
+    hour: dt.datetime | None
+    size: int
+    versions: int
+    rows: int
+    schema: tuple[tuple[str, str], ...]
+
+    @property
+    def schema_ok(self) -> bool:
+        """True when the object's columns are exactly the export schema."""
+        return self.schema == EXPECTED_SIGNATURE
+
+
+@dataclasses.dataclass
+class ArchiveIndex:
+    """Every object and row of an export archive, keyed for comparison with the database."""
+
+    objects: list[ArchiveObject] = dataclasses.field(default_factory=list)
+    rows: dict[tuple[str, int], ArchiveRow] = dataclasses.field(default_factory=dict)
+    #: (zone_id, chain_seq) found more than once, with every object key that holds it.
+    duplicates: dict[tuple[str, int], list[str]] = dataclasses.field(default_factory=dict)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def version_counts(self) -> dict[str, int]:
+        """Versions per object key (write-once objects have exactly one)."""
+        return {o.key: o.versions for o in self.objects}
+
+    @property
+    def hours(self) -> list[dt.datetime]:
+        """Hours named by the objects, in order."""
+        return sorted(o.hour for o in self.objects if o.hour is not None)
+
+    def event_ids_by_key(self) -> dict[str, set[str]]:
+        """Event ids per object key."""
+        out: dict[str, set[str]] = {o.key: set() for o in self.objects}
+        for row in self.rows.values():
+            out.setdefault(row.key, set()).add(row.event_id)
+        return out
+
+    def zones(self) -> dict[str, list[int]]:
+        """Sorted chain_seq values per zone."""
+        out: dict[str, list[int]] = {}
+        for zone, seq in self.rows:
+            out.setdefault(zone, []).append(seq)
+        return {z: sorted(s) for z, s in sorted(out.items())}
+
+
+def read_archive(store: ObjectStore, *, prefix: str = PREFIX) -> ArchiveIndex:
+    """Read every object under ``prefix``, one at a time, into an index of its rows."""
+    index = ArchiveIndex()
+    for info in store.list(prefix):
+        hour = hour_of_key(info.key)
+        if hour is None:
+            index.problems.append(
+                f"{info.key}: key is not audit/<YYYY>/<MM>/<DD>/<YYYY-MM-DD>T<HH>.parquet"
+            )
+        try:
+            schema, count = _read_object(store.get(info.key), info.key, index)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            index.problems.append(f"{info.key}: not a readable Parquet object ({exc})")
+            schema, count = (), 0
+        obj = ArchiveObject(info.key, hour, info.size, info.versions, count, schema)
+        if schema and not obj.schema_ok:
+            index.problems.append(f"{info.key}: schema {list(schema)} is not the export schema")
+        index.objects.append(obj)
+    return index
+
+
+def _read_object(
+    data: bytes, key: str, index: ArchiveIndex
+) -> tuple[tuple[tuple[str, str], ...], int]:
+    """Add one object's rows to the index; return its schema signature and row count."""
+    parquet = pq.ParquetFile(pa.BufferReader(data))
+    schema = schema_signature(parquet.schema_arrow)
+    names = {name for name, _ in schema}
+    missing = [c for c in _READ if c not in names]
+    if missing:
+        index.problems.append(f"{key}: missing columns {missing}")
+        return schema, parquet.metadata.num_rows
+    count = 0
+    for batch in parquet.iter_batches(columns=list(_READ), batch_size=4096):
+        for values in _rows(batch):
+            count += 1
+            _add_row(index, key, values)
+    return schema, count
+
+
+def _rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
+    columns = {name: batch.column(name).to_pylist() for name in _READ}
+    for i in range(batch.num_rows):
+        yield {name: columns[name][i] for name in _READ}
+
+
+def _add_row(index: ArchiveIndex, key: str, v: dict[str, Any]) -> None:
+    ident = (str(v["zone_id"]), int(v["chain_seq"]))
+    row = ArchiveRow(
+        event_id=v["event_id"] or "",
+        content_sha256=v["content_sha256"] or "",
+        chain_hmac=v["chain_hmac"] or "",
+        time_ms=int(v["time"]),
+        decision=v["decision"] or "",
+        event_type=v["event_type"] or "",
+        request_id=v["request_id"] or "",
+        key=key,
+    )
+    if ident in index.rows:
+        index.duplicates.setdefault(ident, [index.rows[ident].key]).append(key)
+        return
+    index.rows[ident] = row
+
+
+def verify_archive_chain(
+    index: ArchiveIndex, hmac_key: bytes | None, *, require_genesis: bool = False
+) -> list[str]:
+    """Check every row's chain_hmac against the previous chain_seq's content hash, per zone.
+
+    Genesis (chain_seq 1) links to ``''``; a key of None or empty means rows must carry
+    ``''``. A zone whose archive starts after seq 1 (export began later) has its first row
+    unchecked unless ``require_genesis``; a missing seq in the middle and duplicated seqs
+    are reported, as is every HMAC that does not match.
+    """
+    problems: list[str] = []
+    for ident, keys in sorted(index.duplicates.items()):
+        problems.append(f"zone {ident[0]} chain_seq {ident[1]}: exported more than once {keys}")
+    for zone, seqs in index.zones().items():
+        previous: int | None = None
+        for seq in seqs:
+            row = index.rows[(zone, seq)]
+            if seq == 1:
+                prev_hash: str | None = ""
+            elif previous == seq - 1:
+                prev_hash = index.rows[(zone, previous)].content_sha256
+            else:
+                prev_hash = None
+                if previous is not None:
+                    problems.append(
+                        f"zone {zone}: chain_seq {previous + 1}..{seq - 1} missing from the "
+                        f"archive; link of chain_seq {seq} ({row.key}) cannot be verified"
+                    )
+                elif require_genesis:
+                    problems.append(f"zone {zone}: archive starts at chain_seq {seq}, not 1")
+            if prev_hash is not None:
+                expected = chain_hmac(hmac_key, row.content_sha256, prev_hash)
+                if not hmac.compare_digest(expected, row.chain_hmac):
+                    problems.append(
+                        f"zone {zone} chain_seq {seq} (event {row.event_id}, {row.key}): "
+                        "chain_hmac does not match HMAC(content_sha256 | previous content_sha256)"
+                    )
+            previous = seq
+    return problems
