@@ -241,6 +241,8 @@ def _dump_database(
 ) -> tuple[str, dict[str, Any] | None]:
     """Export a snapshot, fingerprint inside it, pg_dump it while the transaction stays open."""
     db = endpoint.dbname
+    if "/" in db or db in {".", ".."}:
+        raise BackupFailed(f"database name {db!r} cannot be a file name under postgres/")
     with psycopg.connect(endpoint.conninfo(), autocommit=False) as conn:
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -322,6 +324,7 @@ def redis_aof_via_replica(
     """
     from caracal_restore.environments import redis as redis_env
 
+    workdir.mkdir(parents=True, exist_ok=True)
     with redis_env.embedded(binary=binary, workdir=workdir, keep=True) as replica:
         client = replica.client()
         source_client = redis_lib.Redis(host=source.host, port=source.port,
@@ -416,8 +419,7 @@ def decrypt_file(path: Path, identity_file: Path, *, out: Path | None = None) ->
     import pyrage
 
     identities = load_identities(identity_file)
-    if out is None:
-        out = path.with_name(path.name[:-4] if path.name.endswith(".age") else path.name + ".plain")
+    out = out or path.with_name(_plain_name(path.name))
     try:
         pyrage.decrypt_file(str(path), str(out), identities)
     except pyrage.DecryptError as exc:
@@ -433,6 +435,11 @@ def decrypt_file(path: Path, identity_file: Path, *, out: Path | None = None) ->
             "or truncated; fetch it again"
         ) from None
     return out
+
+
+def _plain_name(name: str) -> str:
+    """Where a decrypted file goes: the name without ``.age`` (else with ``.plain``)."""
+    return name[: -len(".age")] if name.endswith(".age") else name + ".plain"
 
 
 # -------------------------------------------------------------------------------- reader
@@ -500,8 +507,7 @@ def open_bundle(
         if identity_file is None:
             raise BundleError(f"{description} is age-encrypted; pass identity_file (the "
                               "age-keygen file whose recipient it was encrypted to)")
-        plain_name = local.name[:-4] if local.name.endswith(".age") else local.name + ".plain"
-        local = decrypt_file(local, identity_file, out=work / plain_name)
+        local = decrypt_file(local, identity_file, out=work / _plain_name(local.name))
         head = _head(local)
     timings["decrypt"] = time.perf_counter() - started
 
