@@ -243,6 +243,25 @@ def run_as_user() -> str | None:
     return UNPRIVILEGED_USER if os.geteuid() == 0 else None
 
 
+def check_reachable(path: Path, user: str | None) -> None:
+    """Raise ``EnvironmentNotReady`` when ``user`` cannot traverse every parent of ``path``."""
+    if user is None:
+        return
+    from caracal_restore.errors import EnvironmentNotReady
+
+    uid = pwd.getpwnam(user).pw_uid
+    for parent in [path, *path.parents]:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        if st.st_uid != uid and not st.st_mode & 0o001:
+            raise EnvironmentNotReady(
+                f"{parent} is not traversable by {user!r}, the account that runs the embedded "
+                f"server when the suite runs as root; use a directory whose parents are "
+                f"world-traversable (chmod o+x {parent}) or one under /tmp"
+            )
+
+
 def give_to(path: Path, user: str | None) -> None:
     """Hand a directory we created to the account that runs the server."""
     if user is None:

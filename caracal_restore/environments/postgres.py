@@ -24,6 +24,7 @@ from caracal_restore.environments.base import (
     PgEndpoint,
     free_port,
     become_subreaper,
+    check_reachable,
     give_to,
     is_loopback,
     reap,
@@ -154,6 +155,8 @@ def embedded(
     server = server or find_server(min_major=min_major, bindir=bindir, cache_dir=cache_dir)
     tools = find_client_tools(min_major=server.major, near=server.bindir)
     user = run_as_user()
+    if workdir is not None:
+        check_reachable(workdir, user)
     base = Path(tempfile.mkdtemp(prefix="caracal-pg-", dir=workdir))
     datadir = base / "data"
     password = secrets.token_hex(16)
@@ -241,15 +244,31 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def docker_available() -> str | None:
-    """None when a Docker engine answers; otherwise why not."""
-    try:
-        import docker  # type: ignore[import-untyped]
+    """None when a Docker engine answers ``/_ping``; otherwise why not (no client library used)."""
+    import os
+    import socket
 
-        client = docker.from_env(timeout=5)
-        client.ping()
-        client.close()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
-        return f"no Docker engine ({type(exc).__name__})"
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: object = host[len("unix://"):]
+        elif host.startswith("tcp://"):
+            hostport = host[len("tcp://"):].rstrip("/")
+            name, _, port = hostport.rpartition(":")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (name, int(port))
+        else:
+            return f"no Docker engine (unsupported DOCKER_HOST {host!r})"
+        with sock:
+            sock.settimeout(5)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(4096)
+    except OSError as exc:
+        return f"no Docker engine ({type(exc).__name__}: {exc})"
+    if b" 200 " not in reply.split(b"\r\n", 1)[0]:
+        return "no Docker engine (/_ping did not answer 200)"
     return None
 
 

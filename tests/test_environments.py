@@ -1,0 +1,262 @@
+"""Isolated environments: each provider starts, answers, refuses unsafe targets, and leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from caracal_restore.environments import objectstore, postgres, redis, secretstore
+from caracal_restore.environments.pgbin import find_server
+from caracal_restore.errors import EnvironmentNotReady, NotIsolated
+from tests.conftest import REPO, server_processes
+
+NO_DOCKER = postgres.docker_available()
+
+
+def test_embedded_postgres_starts_answers_and_leaves_nothing(server_tmp: Path) -> None:
+    with postgres.embedded(workdir=server_tmp) as pg:
+        assert server_processes(server_tmp), "no server process names the data directory"
+        facts = pg.server_facts()
+        datadir = pg.datadir
+        assert datadir is not None and datadir.exists()
+        with pg.connect() as conn:
+            conn.execute("CREATE EXTENSION pgcrypto")
+            assert conn.execute("SELECT length(gen_random_bytes(32))").fetchone() == (32,)
+    assert int(facts["server_version_num"]) >= 180000
+    assert facts["data_checksums"] == "on"
+    assert facts["listen_addresses"] == "127.0.0.1"
+    assert not datadir.parent.exists(), "the data directory was not removed"
+    assert not server_processes(server_tmp)
+
+
+def test_embedded_postgres_refuses_a_database_that_holds_tables() -> None:
+    with postgres.embedded() as pg:
+        pg.create_database("caracal")
+        with pg.connect("caracal") as conn:
+            conn.execute("CREATE TABLE t (x int)")
+        with pytest.raises(NotIsolated, match="already holds 1 tables"):
+            pg.create_database("caracal")
+
+
+def test_external_postgres_uses_unique_databases_and_refuses_non_empty_ones() -> None:
+    with postgres.embedded() as owner:
+        dsn = owner.admin.url()
+        with postgres.external(dsn) as ext:
+            endpoint = ext.create_database("caracal")
+            assert endpoint.dbname.startswith("caracal_restore_") and endpoint.dbname != "caracal"
+            with psycopg.connect(endpoint.conninfo(), autocommit=True) as conn:
+                conn.execute("CREATE TABLE t (x int)")
+            with pytest.raises(NotIsolated, match="already holds"):
+                ext.create_database("caracal")
+            created = endpoint.dbname
+        with owner.connect() as conn:
+            left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (created,))
+            assert left.fetchone() is None, "the external provider left its database behind"
+
+
+def test_external_postgres_refuses_a_non_loopback_host() -> None:
+    with pytest.raises(NotIsolated, match="not on loopback"), postgres.external(
+        "postgres://u:p@db.example.com:5432/postgres"
+    ):
+        pass
+
+
+def test_unreachable_workdir_names_the_remedy(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root runs the server as an unprivileged account")
+    with pytest.raises(EnvironmentNotReady, match="not traversable"), postgres.embedded(
+        workdir=tmp_path
+    ):
+        pass
+
+
+def test_unusable_bindir_names_the_remedy(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentNotReady, match="pgcrypto") as info:
+        find_server(bindir=tmp_path)
+    assert "--pg-bindir" in str(info.value)
+
+
+def test_embedded_redis_starts_answers_and_leaves_nothing(tmp_path: Path) -> None:
+    with redis.embedded(workdir=tmp_path) as rs:
+        marker = f"127.0.0.1:{rs.endpoint.port}"
+        assert server_processes(marker)
+        client = rs.client()
+        assert client.ping()
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+        client.close()
+        base = rs.datadir.parent if rs.datadir else None
+    assert base is not None and not base.exists()
+    assert not server_processes(marker)
+
+
+def test_embedded_redis_restarts_from_an_appendonlydir(tmp_path: Path) -> None:
+    with redis.embedded() as rs:
+        client = rs.client()
+        client.xadd("caracal.sessions.revoke", {"zone_id": "z1"})
+        client.xgroup_create("caracal.sessions.revoke", "sts-revocation", id="0")
+        client.xreadgroup("sts-revocation", "c1", {"caracal.sessions.revoke": ">"})
+        client.bgrewriteaof()
+        from caracal_restore.waiting import until
+
+        until(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0, timeout=30)
+        client.close()
+        assert rs.datadir is not None
+        import shutil
+
+        shutil.copytree(rs.datadir / "appendonlydir", tmp_path / "appendonlydir")
+    with redis.embedded(appendonlydir=tmp_path / "appendonlydir") as restored:
+        client = restored.client()
+        assert client.xlen("caracal.sessions.revoke") == 1
+        assert client.xpending("caracal.sessions.revoke", "sts-revocation")["pending"] == 1
+        client.close()
+
+
+def test_external_redis_refuses_one_that_holds_keys() -> None:
+    with redis.embedded() as rs:
+        client = rs.client()
+        client.set("k", "v")
+        client.close()
+        with pytest.raises(NotIsolated, match="already holds 1 keys"), redis.external(
+            rs.endpoint.url()
+        ):
+            pass
+
+
+def test_embedded_object_store_round_trip_and_probe() -> None:
+    with objectstore.embedded() as srv:
+        store = srv.bucket("audit", create=True)
+        assert store.put("a/b", b"1", if_none_match=True)
+        assert not store.put("a/b", b"2", if_none_match=True), "If-None-Match overwrote"
+        assert store.get("a/b") == b"1"
+        probe = store.probe_immutability()
+        url = srv.endpoint_url
+    assert probe.substrate == "moto"
+    # Observation, not assumption: moto accepts shortening a COMPLIANCE retention.
+    assert not probe.enforces_object_lock
+    import httpx
+
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(str(url), timeout=1)
+
+
+def test_dir_object_store_enforces_nothing(tmp_path: Path) -> None:
+    store = objectstore.DirStore(tmp_path)
+    assert store.put("x/y", b"1")
+    assert [o.key for o in store.list()] == ["x/y"]
+    assert not store.probe_immutability().enforces_object_lock
+
+
+@pytest.mark.parametrize("kind", ["dir", "env"])
+def test_file_secret_stores_round_trip(kind: str) -> None:
+    with secretstore.provide(kind) as store:
+        store.write("zoneKek", "ab" * 32)
+        store.write("databaseUrl", "postgres://caracal:pw@postgres:5432/caracal")
+        assert store.read("zoneKek") == "ab" * 32
+        assert store.names() == ["databaseUrl", "zoneKek"]
+        root = getattr(store, "root", None) or store.path  # type: ignore[attr-defined]
+    assert not Path(root).exists()
+
+
+def test_dir_secret_store_writes_compose_style_files() -> None:
+    with secretstore.provide("dir") as store:
+        store.write("auditHmacKey", "cd" * 32)
+        path = store.root / "auditHmacKey"  # type: ignore[attr-defined]
+        assert path.read_bytes() == b"cd" * 32, "Caracal writes secrets without a newline"
+        assert oct(path.stat().st_mode & 0o777) == "0o444"
+
+
+def test_aws_secrets_manager_store_against_moto() -> None:
+    import boto3
+
+    with objectstore.embedded() as srv:
+        client = boto3.client("secretsmanager", endpoint_url=srv.endpoint_url,
+                              region_name="us-east-1", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")
+        store = secretstore.AwsSecretsManagerStore("caracal/restore", client=client)
+        store.write("streamsHmacKey", "ef" * 32)
+        store.write("streamsHmacKey", "01" * 32)
+        assert store.read("streamsHmacKey") == "01" * 32
+        assert store.names() == ["streamsHmacKey"]
+        with pytest.raises(KeyError):
+            store.read("zoneKek")
+
+
+@pytest.mark.skipif(NO_DOCKER is not None, reason="no Docker engine")
+def test_docker_postgres_and_redis() -> None:
+    with postgres.docker() as pg:
+        assert int(pg.server_facts()["server_version_num"]) >= 180000
+    with redis.docker() as rs:
+        assert rs.client().ping()
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, {repo!r})
+    from caracal_restore.environments.stack import StackSpec, start_stack
+    with start_stack(StackSpec()) as stack:
+        print(stack.pg.datadir.parent, flush=True)
+        print(stack.redis.datadir.parent, flush=True)
+        print(f"127.0.0.1:{{stack.redis.endpoint.port}}", flush=True)
+        print("READY", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def test_interrupted_run_stops_every_process(server_tmp: Path) -> None:
+    tmp_path = server_tmp
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT.format(repo=str(REPO))],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp_path)},
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline().strip() for _ in range(4)]
+    assert lines[3] == "READY", lines
+    markers = (tmp_path, lines[2])
+    assert len(server_processes(*markers)) >= 2, "the stack started no servers"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    assert not server_processes(*markers), "a server survived the interrupted run"
+    assert not Path(lines[0]).exists() and not Path(lines[1]).exists()
+
+
+FAILING_CHECK = """
+from fixtures.controls import control
+
+@control("XX-1", feature="fails", grade="configured")
+def test_fails(target_pg):
+    '''XX-1 A check that fails on purpose.'''
+    assert target_pg.server_facts()["server_version"] == "nope"
+"""
+
+
+def test_failing_run_stops_every_process(pytester: pytest.Pytester,
+                                         plugin_env: dict[str, str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="caracal-test-"))
+    scratch.chmod(0o755)
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    pytester.makeconftest(f"pytest_plugins = {('fixtures.options', 'fixtures.controls', 'fixtures.evidence', 'fixtures.environment')!r}\n")
+    pytester.mkpydir("checks")
+    (pytester.path / "checks" / "assets").mkdir()
+    (pytester.path / "checks" / "assets" / "__init__.py").write_text("")
+    (pytester.path / "checks" / "assets" / "test_x.py").write_text(FAILING_CHECK)
+    result = pytester.runpytest_subprocess("checks", "-p", "no:cacheprovider",
+                                           f"--alluredir={pytester.path / 'allure'}")
+    result.assert_outcomes(failed=1)
+    assert not server_processes(scratch)
+    left = list(scratch.iterdir())
+    shutil.rmtree(scratch, ignore_errors=True)
+    assert not left, f"left behind: {left}"
