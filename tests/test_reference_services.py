@@ -11,9 +11,12 @@ import base64
 import dataclasses
 import datetime as dt
 import hashlib
+import hmac
 import json
+import logging
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -300,6 +303,17 @@ def test_exchange_refusals(stack: Stack, client: httpx.Client, canary: Canary) -
     denied = _exchange(client, stack.sts, canary)
     assert (denied.status_code, denied.json()) == (403, {
         "error": "access_denied", "error_description": "policy denied"})
+    with _db(stack) as conn:
+        conn.execute("UPDATE policy_set_bindings b SET active_version_id = v.id"
+                     " FROM policy_set_versions v WHERE v.policy_set_id = b.policy_set_id"
+                     " AND b.zone_id = %s", (canary.zone_id,))
+        conn.execute("UPDATE policy_set_versions SET manifest_json ="
+                     " '[{\"policy_version_id\": \"gone\"}]' WHERE policy_set_id IN"
+                     " (SELECT policy_set_id FROM policy_set_bindings WHERE zone_id = %s)",
+                     (canary.zone_id,))
+    incomplete = _exchange(client, stack.sts, canary)
+    assert (incomplete.status_code, incomplete.json()) == (503, {
+        "error": "policy_eval_failed", "error_description": "policy evaluation unavailable"})
 
 
 # --------------------------------------------------------------------- protected request
@@ -350,7 +364,7 @@ def test_protected_request_reaches_upstream_and_chains_audit(stack: Stack, clien
 
 
 def test_gateway_refusals(stack: Stack, client: httpx.Client, canary: Canary) -> None:
-    """X-Caracal-Client-ID → 400; an upstream off loopback and unresolved → 502."""
+    """X-Caracal-Client-ID → 400; upstream neither loopback nor resolved → 502; wrong app → 403."""
     token = _exchange(client, stack.sts, canary).json()["access_token"]
     reply = client.get(f"{stack.gateway.url}/x", headers={
         "Authorization": f"Bearer {token}", "X-Caracal-Resource": canary.resource_identifier,
@@ -362,6 +376,17 @@ def test_gateway_refusals(stack: Stack, client: httpx.Client, canary: Canary) ->
     refused = _protected(client, stack, canary, token)
     assert refused.status_code == 502
     assert refused.json()["error_description"] == "upstream host not allowed"
+    with _db(stack) as conn:
+        conn.execute("INSERT INTO applications (id, zone_id, name, registration_method)"
+                     " VALUES (%s, %s, 'other', 'managed')", (f"other-{canary.zone_id}",
+                                                              canary.zone_id))
+        conn.execute("UPDATE gateway_resource_bindings SET application_id = %s WHERE zone_id = %s",
+                     (f"other-{canary.zone_id}", canary.zone_id))
+        _bump_revision(conn)
+    assert client.get(f"{stack.gateway.url}/ready").status_code == 200
+    mismatch = _protected(client, stack, canary, token)
+    assert (mismatch.status_code, mismatch.json()) == (403, {
+        "error": "access_denied", "error_description": "session client mismatch"})
 
 
 def test_replayed_gateway_request_id_is_refused_by_sts(stack: Stack, client: httpx.Client,
@@ -511,3 +536,175 @@ def test_pending_replay_file_is_ingested_at_sts_start(stack: Stack, client: http
         occurred = conn.execute("SELECT occurred_at FROM audit_events WHERE id = %s",
                                 (event_id,)).fetchone()
     assert occurred == (dt.datetime(2026, 6, 30, 10, 0, 0, 123456, tzinfo=dt.UTC),)
+
+
+# --------------------------------------------------------------- streams and evidence
+
+
+def test_sts_consumes_signed_revocations(stack: Stack, client: httpx.Client,
+                                         canary: Canary) -> None:
+    """A signed entry revokes the session and its descendants; a badly signed one is dropped."""
+    key = bytes.fromhex(stack.secrets["streamsHmacKey"])
+    kept = jwt.decode(_exchange(client, stack.sts, canary).json()["access_token"],
+                      options={"verify_signature": False})["sid"]
+    token = _exchange(client, stack.sts, canary).json()["access_token"]
+    sid = jwt.decode(token, options={"verify_signature": False})["sid"]
+    assert _protected(client, stack, canary, token).status_code == 200  # makes a child session
+    rds = _redis(stack)
+    try:
+        forged = {"zone_id": canary.zone_id, "session_id": kept, "reason": "grant_revoked",
+                  "_sig": "00" * 32}
+        rds.xadd("caracal.sessions.revoke", forged)
+        fields = {"zone_id": canary.zone_id, "session_id": sid, "reason": "grant_revoked"}
+        fields["_sig"] = stream_signature(key, "caracal.sessions.revoke", fields)
+        rds.xadd("caracal.sessions.revoke", fields)
+    finally:
+        rds.close()
+
+    def statuses() -> dict[str, str] | None:
+        with _db(stack) as conn:
+            rows = conn.execute("SELECT id, parent_id, status FROM sessions WHERE zone_id = %s",
+                                (canary.zone_id,)).fetchall()
+        tree = {r[0]: r[2] for r in rows if sid in (r[0], r[1])}
+        return {**tree, kept: dict((r[0], r[2]) for r in rows)[kept]} if all(
+            s == "revoked" for s in tree.values()) else None
+
+    seen = until(statuses, timeout=10, what="the STS to revoke the session tree")
+    assert len(seen) == 3
+    assert seen[kept] == "active"
+
+
+def test_ingestor_dead_letters_and_alerts(stack: Stack, canary: Canary) -> None:
+    """Unsigned → DLQ hmac_verify_failed; same id and time, other content → tamper alert."""
+    key = parse_hmac_key(stack.secrets["auditHmacKey"])
+    base = {"id": str(uuid.uuid4()), "zone_id": canary.zone_id, "event_type": "token_exchange",
+            "request_id": "req-x", "decision": "allow", "evaluation_status": "complete",
+            "determining_policies_json": None, "diagnostics_json": None,
+            "occurred_at": "2026-07-01T00:00:00Z"}
+    data = json.dumps(base, separators=(",", ":")).encode()
+    changed = json.dumps({**base, "decision": "deny"}, separators=(",", ":")).encode()
+    rds = _redis(stack)
+    try:
+        rds.xadd("caracal.audit.events", {"id": base["id"], "data": data, "sig": "ab" * 32})
+        rds.xadd("caracal.audit.events", {"id": base["id"], "data": data,
+                                          "sig": hmac.new(key, data, "sha256").hexdigest()})
+        rds.xadd("caracal.audit.events", {"id": base["id"], "data": changed,
+                                          "sig": hmac.new(key, changed, "sha256").hexdigest()})
+        (row,) = _audit_rows(stack, canary.zone_id, 1)
+        assert row[4] == "allow"
+
+        def dead() -> list[dict[bytes, bytes]] | None:
+            found = [f for _id, f in rds.xrange("caracal.audit.events.dlq")
+                     if f.get(b"src_id") == base["id"].encode()]
+            return found if len(found) == 2 else None
+
+        reasons = {f[b"reason"] for f in until(dead, timeout=10, what="two DLQ entries")}
+    finally:
+        rds.close()
+    assert reasons == {b"hmac_verify_failed", b"tamper_on_replay"}
+    with _db(stack) as conn:
+        alerts = conn.execute("SELECT kind FROM audit_ingest_alerts WHERE event_id = %s",
+                              (base["id"],)).fetchall()
+    assert alerts == [("content_mismatch_on_replay",)]
+
+
+def test_stopped_services_leave_no_threads_and_logs_hold_no_secrets(
+        stack: Stack, client: httpx.Client, canary: Canary,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every thread a service started ends at stop; no secret value reaches a log line."""
+    caplog.set_level(logging.DEBUG)
+    before = set(threading.enumerate())
+    replay = stack.tmp / f"sts-threads-{uuid.uuid4().hex[:6]}"
+    replay.mkdir()
+    wrong = dict(stack.secrets, zoneKek=secrets.token_bytes(32).hex())
+    with start_upstream() as upstream, \
+            start_audit(pg=stack.pg, redis=stack.redis, secrets=stack.secrets) as audit, \
+            start_sts(pg=stack.pg, redis=stack.redis, secrets=wrong, replay_dir=replay) as sts:
+        assert client.get(f"{upstream.url}/x").status_code == 200
+        assert client.get(f"{audit.url}/ready").status_code in (200, 503)
+        assert _exchange(client, sts, canary).status_code == 500
+        assert _exchange(client, stack.sts, canary, client_secret="cs_bad").status_code == 401
+        token = _exchange(client, stack.sts, canary).json()["access_token"]
+        assert _protected(client, stack, canary, token).status_code == 200
+        started = set(threading.enumerate()) - before
+    assert started
+    until(lambda: not any(t.is_alive() for t in started), timeout=5,
+          what="the stopped services' threads to end")
+    text = caplog.text
+    for name, value in {**stack.secrets, "client secret": canary.client_secret,
+                        "wrong kek": wrong["zoneKek"]}.items():
+        assert value not in text, f"{name} appears in the logs"
+
+
+def test_sts_claims_a_restored_pending_revocation(stack: Stack, client: httpx.Client,
+                                                  canary: Canary) -> None:
+    """An entry left pending for a departed consumer (idle > 30 s) is claimed at STS start."""
+    token = _exchange(client, stack.sts, canary).json()["access_token"]
+    sid = jwt.decode(token, options={"verify_signature": False})["sid"]
+    fields = {"zone_id": canary.zone_id, "session_id": sid, "reason": "grant_revoked"}
+    fields["_sig"] = stream_signature(bytes.fromhex(stack.secrets["streamsHmacKey"]),
+                                      "caracal.sessions.revoke", fields)
+    # A Redis of its own, so the module's running STS cannot take the entry first.
+    with redis.embedded() as restored:
+        rds = restored.client()
+        try:
+            rds.xgroup_create("caracal.sessions.revoke", "sts-revocation", id="$",
+                              mkstream=True)
+            entry = rds.xadd("caracal.sessions.revoke", fields)
+            rds.xreadgroup("sts-revocation", "sts-old-1-revocations",
+                           {"caracal.sessions.revoke": ">"})
+            rds.xclaim("caracal.sessions.revoke", "sts-revocation", "sts-old-1-revocations", 0,
+                       [entry], idle=120_000)
+        finally:
+            rds.close()
+        replay = stack.tmp / f"sts-claim-{uuid.uuid4().hex[:6]}"
+        replay.mkdir()
+        with start_sts(pg=stack.pg, redis=restored.endpoint, secrets=stack.secrets,
+                       replay_dir=replay):
+
+            def revoked() -> bool:
+                with _db(stack) as conn:
+                    row = conn.execute("SELECT status FROM sessions WHERE id = %s",
+                                       (sid,)).fetchone()
+                return row == ("revoked",)
+
+            until(revoked, timeout=10, what="the new STS to claim and apply the pending entry")
+
+
+def test_producer_spills_when_redis_refuses_and_replays(stack: Stack) -> None:
+    """XADD failure → a 0600 pending file in wire key order; replay XADDs it and deletes it."""
+    import redis as redis_lib
+
+    from caracal_restore.environments.base import free_port
+    from caracal_restore.reference.services.producer import AuditEvent, AuditProducer
+
+    replay = stack.tmp / f"spill-{uuid.uuid4().hex[:6]}"
+    key = parse_hmac_key(stack.secrets["auditHmacKey"])
+    dead = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    event = AuditEvent(zone_id="zone-spill", event_type="token_exchange", request_id="r1",
+                       decision="allow", evaluation_status="complete",
+                       determining_policies=["p"], diagnostics=[], metadata={"a": 1},
+                       occurred_at=dt.datetime(2026, 6, 21, 12, 0, 0, 120000, tzinfo=dt.UTC))
+    try:
+        AuditProducer(dead, key, replay, "test").emit(event)
+    finally:
+        dead.close()
+    (pending,) = replay.glob("pending-*.ndjson")
+    assert pending.name.startswith(f"pending-{os.getpid()}-")
+    assert pending.stat().st_mode & 0o777 == 0o600
+    line = pending.read_bytes()
+    assert line == (
+        b'{"id":"' + event.id.encode() + b'","zone_id":"zone-spill","event_type":"token_exchange",'
+        b'"request_id":"r1","decision":"allow","evaluation_status":"complete",'
+        b'"determining_policies_json":["p"],"diagnostics_json":[],"metadata_json":{"a":1},'
+        b'"occurred_at":"2026-06-21T12:00:00.12Z"}\n')
+    live = _redis(stack)
+    try:
+        assert AuditProducer(live, key, replay, "test").replay_pending() == 1
+        assert not pending.exists()
+        entries = [f for _id, f in live.xrange("caracal.audit.events")
+                   if f[b"id"] == event.id.encode()]
+    finally:
+        live.close()
+    assert entries == [{b"id": event.id.encode(), b"data": line.rstrip(b"\n"),
+                        b"sig": hmac.new(key, line.rstrip(b"\n"), "sha256").hexdigest().encode()}]

@@ -158,29 +158,34 @@ class _Ingestor:
 
     def run(self, stopping: threading.Event) -> None:
         """Drain our own PEL, then read new entries until stopped."""
-        start = "0"
+        start, grouped = "0", False
         while not stopping.is_set():
             try:
-                ensure_group(self.redis, AUDIT_STREAM, GROUP, "0")
+                if not grouped:
+                    ensure_group(self.redis, AUDIT_STREAM, GROUP, "0")
+                    grouped = True
                 reply: Any = self.redis.xreadgroup(GROUP, self.consumer, {AUDIT_STREAM: start},
-                                              count=100, block=None if start == "0" else 200)
+                                                   count=100,
+                                                   block=None if start == "0" else 200)
                 self.healthy.set()
+                entries = reply[0][1] if reply else []
+                if start == "0" and not entries:
+                    start = ">"
+                    continue
+                if not all([self.handle(entry_id, fields or {}) for entry_id, fields in entries]):
+                    # A transient PostgreSQL error: the entry stays pending; retry the PEL.
+                    start = "0"
+                    stopping.wait(0.5)
             except redis_lib.RedisError:
                 self.healthy.clear()
+                start, grouped = "0", False
                 stopping.wait(0.5)
-                continue
-            entries = reply[0][1] if reply else []
-            if start == "0" and not entries:
-                start = ">"
-                continue
-            for entry_id, fields in entries:
-                if fields:  # a PEL entry whose data was trimmed comes back empty
-                    self.handle(entry_id, fields)
-                else:
-                    self.redis.xack(AUDIT_STREAM, GROUP, entry_id)
 
-    def handle(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
-        """Verify, insert and acknowledge one message (or dead-letter it)."""
+    def handle(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> bool:
+        """Verify, insert and acknowledge one message (or dead-letter it); False to retry later."""
+        if not fields:  # a PEL entry whose data was trimmed comes back empty
+            self.redis.xack(AUDIT_STREAM, GROUP, entry_id)
+            return True
         try:
             event, sig = self._decode(fields)
             with self.db.transaction() as conn:
@@ -192,10 +197,11 @@ class _Ingestor:
             self._dead_letter(entry_id, fields, exc.reason)
         except psycopg.OperationalError:
             log.warning("audit: transient PostgreSQL error; the entry stays pending")
-            return
+            return False
         except psycopg.Error as exc:
             self._dead_letter(entry_id, fields, f"pg_permanent_error:{type(exc).__name__}")
         self.redis.xack(AUDIT_STREAM, GROUP, entry_id)
+        return True
 
     def _decode(self, fields: Mapping[bytes, bytes]) -> tuple[dict[str, Any], str | None]:
         data = fields.get(b"data")

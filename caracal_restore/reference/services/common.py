@@ -245,11 +245,13 @@ class Lifecycle:
         """Run ``body(stopping)`` in a thread joined at stop; ``body`` must watch the event."""
 
         def run() -> None:
-            try:
-                body(self.stopping)
-            except Exception:
-                if not self.stopping.is_set():
-                    log.exception("%s: worker %s died", self.name, name)
+            while not self.stopping.is_set():
+                try:
+                    body(self.stopping)
+                except Exception:
+                    if not self.stopping.is_set():
+                        log.exception("%s: worker %s failed; restarting it", self.name, name)
+                        self.stopping.wait(1.0)
 
         thread = threading.Thread(target=run, name=f"{self.name}-{name}")
         thread.start()

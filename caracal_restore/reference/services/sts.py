@@ -53,6 +53,7 @@ from caracal_restore.reference.services.policygate import (
     default_evaluator,
 )
 from caracal_restore.reference.services.producer import AuditEvent, AuditProducer
+from caracal_restore.reference.services.sts_revocation import StsRevocationConsumer
 
 log = logging.getLogger(__name__)
 
@@ -411,13 +412,16 @@ def start_sts(
     """Start the reference STS (replays pending audit files first); use as a context manager.
 
     ``secrets`` maps secret file names to values (``zoneKek``, ``auditHmacKey``,
-    ``gatewayStsHmacKey``); ``issuer_url`` defaults to the STS's own URL.
+    ``gatewayStsHmacKey``, ``streamsHmacKey``); ``issuer_url`` defaults to the STS's own URL.
+    Besides HTTP it consumes ``caracal.sessions.revoke`` as group ``sts-revocation``.
     """
     kek = load_zone_kek(require_secret(secrets, "zoneKek", "sts"))
     try:
         audit_key = parse_hmac_key(require_secret(secrets, "auditHmacKey", "sts"))
         gateway_key = gwsig.parse_hex_key(require_secret(secrets, "gatewayStsHmacKey", "sts"),
                                           "GATEWAY_STS_HMAC_KEY")
+        streams_key = gwsig.parse_hex_key(require_secret(secrets, "streamsHmacKey", "sts"),
+                                          "STREAMS_HMAC_KEY")
     except ValueError as exc:
         raise StartupError(f"sts: {exc}") from None
     with starting("sts") as life:
@@ -430,8 +434,10 @@ def start_sts(
             raise StartupError(f"sts: audit replay failed: {type(exc).__name__}") from None
         if replayed:
             log.info("sts: replayed %d pending audit events", replayed)
-        sts = _Sts(Database(pg), rds, producer, kek, gateway_key, Path(replay_dir),
+        db = Database(pg)
+        sts = _Sts(db, rds, producer, kek, gateway_key, Path(replay_dir),
                    evaluate or default_evaluator())
+        life.worker("revocations", StsRevocationConsumer(db, rds, streams_key).run)
         url = life.serve(sts.route)
         sts.issuer = issuer_url or url
         return life.running(url)
