@@ -465,8 +465,10 @@ def test_binding_revision_governs_routing(stack: Stack, client: httpx.Client,
 def test_missing_revision_row(stack: Stack, client: httpx.Client) -> None:
     """No revision row: the running Gateway is not ready, a new one does not start."""
     with _db(stack) as conn:
-        (version,) = conn.execute("DELETE FROM gateway_binding_revision RETURNING version"
-                                  ).fetchone()
+        deleted = conn.execute("DELETE FROM gateway_binding_revision RETURNING version"
+                               ).fetchone()
+    assert deleted is not None
+    version = deleted[0]
     try:
         ready = client.get(f"{stack.gateway.url}/ready")
         assert (ready.status_code, ready.json()) == (503, {
@@ -577,10 +579,12 @@ def test_sts_consumes_signed_revocations(stack: Stack, client: httpx.Client,
 def test_ingestor_dead_letters_and_alerts(stack: Stack, canary: Canary) -> None:
     """Unsigned → DLQ hmac_verify_failed; same id and time, other content → tamper alert."""
     key = parse_hmac_key(stack.secrets["auditHmacKey"])
-    base = {"id": str(uuid.uuid4()), "zone_id": canary.zone_id, "event_type": "token_exchange",
-            "request_id": "req-x", "decision": "allow", "evaluation_status": "complete",
-            "determining_policies_json": None, "diagnostics_json": None,
-            "occurred_at": "2026-07-01T00:00:00Z"}
+    event_id = str(uuid.uuid4())
+    base: dict[str, Any] = {
+        "id": event_id, "zone_id": canary.zone_id, "event_type": "token_exchange",
+        "request_id": "req-x", "decision": "allow", "evaluation_status": "complete",
+        "determining_policies_json": None, "diagnostics_json": None,
+        "occurred_at": "2026-07-01T00:00:00Z"}
     data = json.dumps(base, separators=(",", ":")).encode()
     changed = json.dumps({**base, "decision": "deny"}, separators=(",", ":")).encode()
     rds = _redis(stack)
@@ -595,7 +599,7 @@ def test_ingestor_dead_letters_and_alerts(stack: Stack, canary: Canary) -> None:
 
         def dead() -> list[dict[bytes, bytes]] | None:
             found = [f for _id, f in rds.xrange("caracal.audit.events.dlq")
-                     if f.get(b"src_id") == base["id"].encode()]
+                     if f.get(b"src_id") == event_id.encode()]
             return found if len(found) == 2 else None
 
         reasons = {f[b"reason"] for f in until(dead, timeout=10, what="two DLQ entries")}
@@ -641,7 +645,8 @@ def test_sts_claims_a_restored_pending_revocation(stack: Stack, client: httpx.Cl
     """An entry left pending for a departed consumer (idle > 30 s) is claimed at STS start."""
     token = _exchange(client, stack.sts, canary).json()["access_token"]
     sid = jwt.decode(token, options={"verify_signature": False})["sid"]
-    fields = {"zone_id": canary.zone_id, "session_id": sid, "reason": "grant_revoked"}
+    fields: dict[Any, Any] = {"zone_id": canary.zone_id, "session_id": sid,
+                              "reason": "grant_revoked"}
     fields["_sig"] = stream_signature(bytes.fromhex(stack.secrets["streamsHmacKey"]),
                                       "caracal.sessions.revoke", fields)
     # A Redis of its own, so the module's running STS cannot take the entry first.
