@@ -124,19 +124,25 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
 
 
 @pytest.fixture(scope="module")
-def source_db() -> Iterator[postgres.PostgresServer]:
-    """A PostgreSQL with the outbox, session and audit tables the Redis state is built from."""
-    with postgres.embedded() as pg:
-        pg.create_database("caracal")
-        with pg.connect(pg.database_name("caracal")) as conn:
-            _seed(conn)
-        yield pg
+def pg() -> Iterator[postgres.PostgresServer]:
+    """An embedded PostgreSQL for this module."""
+    with postgres.embedded() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def source_db(pg: postgres.PostgresServer) -> str:
+    """A database with the outbox, session and audit tables the Redis state is built from."""
+    pg.create_database("minimal")
+    with pg.connect(pg.database_name("minimal")) as conn:
+        _seed(conn)
+    return pg.database_name("minimal")
 
 
 @pytest.fixture
-def conn(source_db: postgres.PostgresServer) -> Iterator[psycopg.Connection[Any]]:
+def conn(pg: postgres.PostgresServer, source_db: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the seeded source database."""
-    with source_db.connect(source_db.database_name("caracal")) as connection:
+    with pg.connect(source_db) as connection:
         yield connection
 
 
@@ -324,3 +330,50 @@ def test_summary_lists_every_stream_and_no_key_material(
     revoke = published.stream(REVOKE_STREAM)
     assert revoke.length == 9
     assert revoke.last_id.startswith(str(int((T0 + dt.timedelta(minutes=10)).timestamp() * 1000)))
+
+
+@pytest.fixture(scope="module")
+def generated(pg: postgres.PostgresServer) -> tuple[str, dict[str, str]]:
+    """A small database from the reference generator, with its secrets."""
+    generator = pytest.importorskip("caracal_restore.reference.generator")
+    from caracal_restore.reference.secrets import generate_secrets
+
+    values = generate_secrets()
+    volume = generator.Volume(zones=2, applications_per_zone=2, resources_per_zone=2,
+                              sessions_per_zone=10, agents_per_zone=8, edges_per_zone=4,
+                              audit_events=200, admin_audit_events=5, months=2)
+    data = generator.build_source_database(
+        pg, seed=2606, volume=volume, secrets=values,
+        now=dt.datetime(2026, 6, 21, 12, 34, 56, tzinfo=dt.UTC),
+        canary_upstream_url="http://127.0.0.1:9/canary",
+    )
+    assert data.database is not None
+    return data.database, values
+
+
+def test_generated_database_publishes_a_consistent_redis_state(
+    pg: postgres.PostgresServer, generated: tuple[str, dict[str, str]], client: redis_lib.Redis
+) -> None:
+    """On the generator's data every entry is signed and the §5.4 invariant holds."""
+    database, values = generated
+    streams_key = bytes.fromhex(values["streamsHmacKey"])
+    with pg.connect(database) as source:
+        redis_state.provision(client)
+        summary = redis_state.publish_state(
+            client, source, streams_hmac_key=streams_key,
+            audit_hmac_key=bytes.fromhex(values["auditHmacKey"]))
+        coverage = redis_state.revocation_coverage(source, client)
+        dispatched = source.execute(
+            "SELECT (SELECT count(*) FROM event_outbox WHERE dispatched_at IS NOT NULL)"
+            " + (SELECT count(*) FROM caracal_outbox WHERE status = 'published')").fetchone()
+    assert dispatched is not None
+    assert summary.published == dispatched[0] > 0
+    assert coverage
+    assert [c for c in coverage if not c.holds] == []
+    sts = summary.stream(REVOKE_STREAM).group(STS_GROUP)
+    assert sts.pending == len(summary.revocation_pending) >= 1
+    assert sts.lag == len(summary.revocation_undelivered) >= 1
+    for stream in {s.name for s in summary.streams} - {AUDIT_STREAM, "caracal.providers.ratelimit"}:
+        for _entry_id, fields in redis_state.stream_entries(client, stream):
+            sig = fields.pop("_sig")
+            assert sig == stream_signature(streams_key, stream, fields), stream

@@ -92,12 +92,14 @@ def export_hours(
     store: ObjectStore,
     *,
     through_hour: dt.datetime | None = None,
+    save_watermark: bool = True,
 ) -> ExportSummary:
     """Export every hour through ``through_hour`` (default: the stored watermark) and save it.
 
     The watermark row ``parquet-hourly`` is set to ``through_hour`` (never moved back), as
-    the exporter saves it after each hour. Rows are streamed hour by hour from a server-side
-    cursor, so memory holds one hour at a time.
+    the exporter saves it after each hour, unless ``save_watermark`` is false (a caller that
+    writes the row itself, like the generator). Rows are streamed hour by hour from a
+    server-side cursor, so memory holds one hour at a time.
     """
     if through_hour is None:
         row = conn.execute(
@@ -122,6 +124,8 @@ def export_hours(
         names = [d.name for d in cur.description or ()]
         for hour, rows in _by_hour(dict(zip(names, r, strict=True)) for r in cur):
             objects.append(_write_hour(store, hour, rows))
+    if not save_watermark:
+        return ExportSummary(last, tuple(objects))
     with conn.transaction():
         conn.execute(
             "INSERT INTO audit_export_watermark (name, last_exported_hour, updated_at)"

@@ -158,12 +158,14 @@ def publish_state(
 ) -> RedisStateSummary:
     """Publish the dispatched outbox rows, then let consumers read and acknowledge part of them.
 
-    ``sts-revocation`` reads all but the newest ``undelivered`` revocation entries and
-    acknowledges each one whose ``session_id`` is already ``revoked`` in ``sessions`` (or
-    that has none), except ``pending`` of them; entries for sessions that are not revoked
-    stay in the PEL, so the FACTS-2026.06 §5.4 invariant holds by construction.
+    ``sts-revocation`` reads all but the newest ``undelivered`` revocation entries (at most
+    a quarter of them) and acknowledges each one whose ``session_id`` is already ``revoked``
+    in ``sessions`` (or that has none), except ``pending`` of them; entries for sessions
+    that are not revoked stay in the PEL, so the FACTS-2026.06 §5.4 invariant holds by
+    construction. ``gateway-revocation`` reads the same entries and leaves one pending.
     ``audit_events`` (wire dicts, default: ``audit_backlog`` generated ones) go onto
-    ``caracal.audit.events`` after the ``audit_acked_tail`` newest ingested rows; the
+    ``caracal.audit.events`` after the ``audit_acked_tail`` newest ingested rows, which are
+    included only when their wire JSON reproduces the stored ``ingest_signature``; the
     ingestor has acknowledged the ingested ones and read about half of the rest.
     """
     ids = _IdClock(client)
@@ -277,7 +279,9 @@ def _consume_revocations(
 ) -> tuple[list[str], list[str]]:
     """STS and Gateway read the revocation stream; return (PEL outbox ids, undelivered ones)."""
     entries = [e for e in stream_entries(client, REVOKE_STREAM) if "outbox_id" in e[1]]
-    cut = max(len(entries) - max(undelivered, 0), 0)
+    # "A few" undelivered: never more than a quarter of the stream, one when there are >= 2.
+    few = min(max(undelivered, 0), max(len(entries) // 4, 1 if len(entries) >= 2 else 0))
+    cut = len(entries) - few
     delivered, tail = entries[:cut], entries[cut:]
     if not delivered:
         return [], [f["outbox_id"] for _, f in tail]
