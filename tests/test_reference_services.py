@@ -679,13 +679,16 @@ def test_sts_claims_a_restored_pending_revocation(stack: Stack, client: httpx.Cl
 def test_producer_spills_when_redis_refuses_and_replays(stack: Stack) -> None:
     """XADD failure → a 0600 pending file in wire key order; replay XADDs it and deletes it."""
     import redis as redis_lib
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from caracal_restore.environments.base import free_port
     from caracal_restore.reference.services.producer import AuditEvent, AuditProducer
 
     replay = stack.tmp / f"spill-{uuid.uuid4().hex[:6]}"
     key = parse_hmac_key(stack.secrets["auditHmacKey"])
-    dead = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    dead = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1,
+                           retry=Retry(NoBackoff(), 0))
     event = AuditEvent(zone_id="zone-spill", event_type="token_exchange", request_id="r1",
                        decision="allow", evaluation_status="complete",
                        determining_policies=["p"], diagnostics=[], metadata={"a": 1},
@@ -713,3 +716,60 @@ def test_producer_spills_when_redis_refuses_and_replays(stack: Stack) -> None:
         live.close()
     assert entries == [{b"id": event.id.encode(), b"data": line.rstrip(b"\n"),
                         b"sig": hmac.new(key, line.rstrip(b"\n"), "sha256").hexdigest().encode()}]
+
+
+def test_generated_deployment_serves_the_canary(tmp_path: Path) -> None:
+    """On the reference generator's data, as the owner: canary flow, chain continues, no new key."""
+    from caracal_restore.reference.generator import Volume, build_source_database
+
+    values = generate_secrets()
+    (tmp_path / "sts").mkdir()
+    (tmp_path / "gateway").mkdir()
+    with postgres.embedded() as pg, redis.embedded() as rs:
+        data = build_source_database(pg, seed=11, volume=Volume(audit_events=200, months=3),
+                                     secrets=values, now=dt.datetime.now(dt.UTC),
+                                     canary_upstream_url=f"http://{CANARY_HOST}/echo")
+        assert data.database is not None
+        owner = PgEndpoint(pg.admin.host, pg.admin.port, "caracal", data.database,
+                           values["postgresPassword"])
+        cn = data.canary
+        with start_upstream() as upstream, \
+                start_audit(pg=owner, redis=rs.endpoint, secrets=values), \
+                start_sts(pg=owner, redis=rs.endpoint, secrets=values,
+                          replay_dir=tmp_path / "sts") as sts, \
+                start_gateway(pg=owner, redis=rs.endpoint, secrets=values,
+                              replay_dir=tmp_path / "gateway", sts_url=sts.url,
+                              resolve={CANARY_HOST: upstream.url.removeprefix("http://")}
+                              ) as gateway, \
+                httpx.Client(trust_env=False, timeout=30) as c:
+            for service in (sts, gateway):
+                assert c.get(f"{service.url}/ready").json() == {"ok": True, "ready": True}
+            minted = c.post(f"{sts.url}/oauth/2/token", data={
+                "grant_type": GRANT, "zone_id": cn.zone_id, "application_id": cn.application_id,
+                "client_secret": cn.client_secret, "resource": cn.resource_identifier})
+            assert minted.status_code == 200, minted.text
+            assert jwt.get_unverified_header(minted.json()["access_token"])["kid"] in \
+                cn.signing_key_ids
+            reply = c.get(f"{gateway.url}/canary", headers={
+                "Authorization": f"Bearer {minted.json()['access_token']}",
+                "X-Caracal-Resource": cn.resource_identifier})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["path"] == "/echo/canary"
+            head = data.chain_heads[cn.zone_id]
+
+            def appended() -> list[tuple[Any, ...]] | None:
+                with psycopg.connect(owner.conninfo()) as conn:
+                    rows = conn.execute(
+                        "SELECT chain_seq, prev_content_sha256, content_sha256 FROM audit_events"
+                        " WHERE zone_id = %s AND chain_seq > %s ORDER BY chain_seq",
+                        (cn.zone_id, head.last_seq)).fetchall()
+                return rows if len(rows) >= 3 else None
+
+            rows = until(appended, timeout=20, what="three new audit rows after the head")
+            with psycopg.connect(owner.conninfo()) as conn:
+                keys = conn.execute("SELECT count(*) FROM secrets WHERE zone_id = %s",
+                                    (cn.zone_id,)).fetchone()
+    assert [r[0] for r in rows] == [head.last_seq + 1, head.last_seq + 2, head.last_seq + 3]
+    assert rows[0][1] == head.head_content_sha256
+    assert [r[1] for r in rows[1:]] == [r[2] for r in rows[:-1]]
+    assert keys == (len(cn.signing_key_ids),)

@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 import redis as redis_lib
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from caracal_restore.environments.base import LOOPBACK, PgEndpoint, RedisEndpoint
 
@@ -308,8 +310,14 @@ class Database:
 
 
 def redis_client(endpoint: RedisEndpoint) -> redis_lib.Redis:
-    """A bytes-returning client whose socket timeout outlasts our blocking stream reads."""
-    return redis_lib.Redis.from_url(endpoint.url(), socket_timeout=10, socket_connect_timeout=5)
+    """A bytes-returning client whose socket timeout outlasts our blocking stream reads.
+
+    Retries are short, so a Redis outage turns into a replay-file spill, not a stalled request.
+    """
+    return redis_lib.Redis.from_url(
+        endpoint.url(), socket_timeout=10, socket_connect_timeout=2,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+    )
 
 
 def ensure_group(client: redis_lib.Redis, stream: str, group: str, start: str) -> None:
