@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from psycopg import sql
 from caracal_restore import chainhash, envelope
 from caracal_restore.environments import postgres
 from caracal_restore.profiles.release_2026_06 import PROFILE
+from caracal_restore.redact import REDACTOR
 from caracal_restore.reference import generator, policy, schema
 from caracal_restore.reference.secrets import generate_secrets
 
@@ -66,27 +68,33 @@ def _small(pg: postgres.PostgresServer, name: str, seed: int, volume: generator.
     return conn, data
 
 
+#: Columns that identify a row (and, for the chains, content that must be reproducible).
+ID_COLUMNS = {
+    "gateway_resource_bindings": ("zone_id", "resource_identifier", "application_id"),
+    "policy_set_bindings": ("zone_id", "policy_set_id", "active_version_id"),
+    "agent_topology": ("parent_id", "child_id"),
+    "delegation_graph_epochs": ("zone_id", "epoch"),
+    "schema_migrations": ("version",),
+    "audit_export_watermark": ("name", "last_exported_hour"),
+    "gateway_binding_revision": ("id", "version"),
+    "audit_chain_rehash": ("id",),
+    "audit_events": ("id", "chain_seq", "content_sha256"),
+    "admin_audit_events": ("id", "chain_seq", "content_sha256"),
+}
+
+
 def _ids(conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    keys = {"gateway_resource_bindings": "zone_id, resource_identifier",
-            "policy_set_bindings": "zone_id, policy_set_id",
-            "agent_topology": "parent_id, child_id", "delegation_graph_epochs": "zone_id",
-            "schema_migrations": "version", "audit_export_watermark": "name",
-            "gateway_binding_revision": "id, version", "audit_chain_rehash": "id"}
+    """The identifying columns of every state table, sorted."""
     out = {}
     for table in PROFILE.state_tables:
-        cols = keys.get(table, "id")
-        extra = ", chain_seq, content_sha256" if table == "admin_audit_events" else ""
-        extra = ", chain_seq" if table == "audit_events" else extra
-        rows = conn.execute(sql.SQL(f"SELECT {cols}{extra} FROM {{}} ORDER BY 1, 2")  # noqa: S608
-                            .format(sql.Identifier(table)) if "," in cols + extra else
-                            sql.SQL(f"SELECT {cols} FROM {{}} ORDER BY 1")  # noqa: S608
-                            .format(sql.Identifier(table))).fetchall()
-        out[table] = rows
+        cols = sql.SQL(", ").join(map(sql.Identifier, ID_COLUMNS.get(table, ("id",))))
+        query = sql.SQL("SELECT {} FROM {}").format(cols, sql.Identifier(table))
+        out[table] = sorted(conn.execute(query).fetchall())
     return out
 
 
 def test_ids_are_deterministic_for_a_seed(pg: postgres.PostgresServer) -> None:
-    """Same seed and now -> the same ids in every table (keys and nonces differ); new seed differs."""
+    """Same seed and now: same ids in every table (keys and nonces differ); a new seed differs."""
     a, data_a = _small(pg, "det_a", 11, SMALL)
     b, data_b = _small(pg, "det_b", 11, SMALL)
     c, data_c = _small(pg, "det_c", 12, SMALL)
@@ -107,7 +115,7 @@ def test_ids_are_deterministic_for_a_seed(pg: postgres.PostgresServer) -> None:
 def _verify_chain(conn: psycopg.Connection, key: bytes) -> dict[str, list[int]]:
     """Recompute every row from the server's own text; return the surviving seqs per zone."""
     rows = conn.execute(
-        f"SELECT zone_id, chain_seq, content_sha256, prev_content_sha256, chain_hmac, "  # noqa: S608
+        f"SELECT zone_id, chain_seq, content_sha256, prev_content_sha256, chain_hmac, "
         f"ingest_signature, {chainhash.AUDIT_HASH_SELECT} FROM audit_events"
         " ORDER BY zone_id, chain_seq"
     ).fetchall()
@@ -117,7 +125,8 @@ def _verify_chain(conn: psycopg.Connection, key: bytes) -> dict[str, list[int]]:
         texts, micros = [str(f) for f in fields[:-1]], int(fields[-1])
         assert chainhash.content_hash_parts(texts, micros) == content, (zone, seq)
         assert chainhash.chain_hmac(key, content, prev) == mac, (zone, seq)
-        assert sig and len(sig) == 64
+        assert sig
+        assert len(sig) == 64
         if zone in previous and previous[zone][0] == seq - 1:
             assert prev == previous[zone][1], (zone, seq)
         if seq == 1:
@@ -165,7 +174,7 @@ def test_late_events_leave_holes_only_where_partitions_were_dropped(
     conn, data = _small(pg, "late", 5, volume, values)
     try:
         seqs = _verify_chain(conn, chainhash.parse_hmac_key(values["auditHmacKey"]))
-        gaps = sum(1 for s in seqs.values() for a, b in zip(s, s[1:], strict=False) if b != a + 1)
+        gaps = sum(1 for s in seqs.values() for a, b in itertools.pairwise(s) if b != a + 1)
         assert gaps > 0
         assert data.dropped_partitions
     finally:
@@ -187,9 +196,11 @@ def test_admin_audit_chain_as_compose_writes_it(built: Built) -> None:
                                   "rls_zone_guc": payload["rls_zone_guc"]}) if payload else ""
         fields = [*(x or "" for x in r[:11]), str(r[11]), text, generator.iso_millis(r[13])]
         assert chainhash.admin_content_hash(fields) == r[14]
-        assert r[16] is None and r[8] is not None
+        assert r[16] is None
+        assert r[8] is not None
         seq, prev = last.get(r[8], (0, None))
-        assert r[17] == seq + 1 and r[15] == prev
+        assert r[17] == seq + 1
+        assert r[15] == prev
         last[r[8]] = (r[17], r[14])
 
 
@@ -227,18 +238,23 @@ def test_sealed_values_open_with_the_zone_kek(built: Built) -> None:
 def test_canary_is_ready_for_an_exchange(built: Built) -> None:
     """The canary secret verifies, the active Rego allows it, its binding routes upstream."""
     canary, conn = built.data.canary, built.conn
-    assert "client_secret" not in repr(canary) and canary.client_secret not in repr(built.data)
+    assert REDACTOR(canary.client_secret) != canary.client_secret
+    assert "client_secret" not in repr(canary)
+    assert canary.client_secret not in repr(built.data)
     stored = conn.execute("SELECT client_secret_hash, registration_method, archived_at FROM"
                           " applications WHERE id = %s", (canary.application_id,)).fetchone()
-    assert stored is not None and stored[1:] == ("managed", None)
-    assert stored[0].startswith("argon2id$") and stored[0].count("$") == 2
+    assert stored is not None
+    assert stored[1:] == ("managed", None)
+    assert stored[0].startswith("argon2id$")
+    assert stored[0].count("$") == 2
     assert generator.verify_client_secret(canary.client_secret, stored[0])
     assert not generator.verify_client_secret(canary.client_secret + "x", stored[0])
     active = conn.execute(
         "SELECT v.id, v.manifest_json, v.manifest_sha256 FROM policy_set_bindings b"
         " JOIN policy_set_versions v ON v.id = b.active_version_id WHERE b.zone_id = %s",
         (canary.zone_id,)).fetchall()
-    assert len(active) == 1 and active[0][0] == canary.policy_set_version_id
+    assert len(active) == 1
+    assert active[0][0] == canary.policy_set_version_id
     pv_ids = [m["policy_version_id"] for m in active[0][1]]
     content = conn.execute("SELECT content FROM policy_versions WHERE id = ANY(%s)",
                            (pv_ids,)).fetchall()
@@ -299,17 +315,20 @@ def test_revocation_state_is_consistent(built: Built) -> None:
                         " AND available_at = 'infinity'").fetchone() == (0,)
     states = dict(conn.execute("SELECT dispatched_at IS NULL, count(*) FROM event_outbox"
                                " GROUP BY 1").fetchall())
-    assert states.get(True) and states.get(False)
+    assert states.get(True)
+    assert states.get(False)
     streams = {r[0] for r in conn.execute("SELECT DISTINCT stream_name FROM event_outbox")}
     assert streams == {"caracal.sessions.revoke", "caracal.policy.invalidate"}
     status = dict(conn.execute("SELECT id, status FROM sessions").fetchall())
     for (payload,) in conn.execute("SELECT payload_json FROM event_outbox"
                                    " WHERE stream_name = 'caracal.sessions.revoke'"):
-        assert payload["reason"] == "grant_revoked" and payload["grant_id"]
+        assert payload["reason"] == "grant_revoked"
+        assert payload["grant_id"]
         assert status[payload["session_id"]] == "revoked"
     rows = conn.execute("SELECT dedupe_key, status, payload_json FROM caracal_outbox"
                         " WHERE topic = 'caracal.sessions.revoke'").fetchall()
-    assert rows and {r[1] for r in rows} <= {"published", "pending"}
+    assert rows
+    assert {r[1] for r in rows} <= {"published", "pending"}
     for dedupe, state, payload in rows:
         assert dedupe.split(":")[0] in ("agent_suspend", "agent_terminate", "delegation")
         if state == "published":
@@ -317,7 +336,8 @@ def test_revocation_state_is_consistent(built: Built) -> None:
     agents = conn.execute("SELECT status, count(*) FROM agent_sessions GROUP BY 1").fetchall()
     assert {"active", "suspended", "terminated"} <= {a[0] for a in agents}
     edges = dict(conn.execute("SELECT status, count(*) FROM delegation_edges GROUP BY 1"))
-    assert edges.get("revoked") and edges.get("active")
+    assert edges.get("revoked")
+    assert edges.get("active")
     assert conn.execute("SELECT count(*) FROM delegation_edges WHERE status = 'revoked'"
                         " AND (revoked_at IS NULL OR edge_version < 1)").fetchone() == (0,)
     epochs = conn.execute("SELECT count(*) FROM delegation_graph_epochs WHERE epoch < 1")
@@ -393,3 +413,37 @@ def test_100k_audit_events_in_under_a_minute(pg: postgres.PostgresServer,
         print(f"\n[reference generator] 100000 audit events ({data.counts['audit_events']} kept"
               f" after retention) populated in {elapsed:.1f} s")
     assert elapsed < 60
+
+
+def test_policy_convention_render_and_evaluate() -> None:
+    """render_policy/evaluate: allow blocks per pair, default deny, None outside the package."""
+    text = policy.render_policy("pol-1", [("app-1", "res-a"), ('app "2"', "rés-b"),
+                                          ("app-1", "res-a")])
+    assert text.startswith("package caracal.authz\n\nimport rego.v1\n\ndefault result := ")
+    assert text.count("result := {") == 3
+    assert "\tinput.principal.id == \"app-1\"\n\tinput.resource.identifier == \"res-a\"\n}" in text
+    assert policy.evaluate(text, "app-1", "res-a") == policy.allow_result("pol-1")
+    assert policy.evaluate(text, 'app "2"', "rés-b") == policy.allow_result("pol-1")
+    assert policy.evaluate(text, "app-1", "rés-b") == policy.DENY_RESULT
+    assert policy.evaluate("package other\n", "app-1", "res-a") is None
+    assert policy.evaluate("package caracal.authz\n", "app-1", "res-a") is None
+    odd = text.replace('input.resource.identifier == "res-a"', "some_other_rule(input)")
+    assert policy.evaluate(odd, "app-1", "res-a") == policy.DENY_RESULT
+
+
+def test_wire_json_fast_path_matches_the_reference_encoding() -> None:
+    """The single-dumps wire encoding equals the field-by-field Go struct encoding."""
+    from caracal_restore.reference import gen_audit
+
+    occurred = dt.datetime(2026, 6, 1, 8, 0, 0, 120000, tzinfo=dt.UTC)
+    base = {"id": "e1", "zone_id": "z1", "event_type": "token_exchange", "request_id": "r1",
+            "decision": "allow", "policy_set_id": "", "policy_set_version_id": "psv",
+            "manifest_sha": "abc", "evaluation_status": "complete", "occurred_at": occurred}
+    for objects in ((["p"], [], {"é": 1.5, "a": [True, None]}), ([], [], None)):
+        texts = {"determining_policies_json": generator.compact(objects[0]),
+                 "diagnostics_json": generator.compact(objects[1]),
+                 "metadata_json": None if objects[2] is None else generator.compact(objects[2])}
+        wire = generator.audit_wire_json({**base, **texts})
+        assert gen_audit._wire_fast(dict(base), objects) == wire
+        assert json.loads(wire)["occurred_at"] == "2026-06-01T08:00:00.12Z"
+        assert ("metadata_json" in json.loads(wire)) == (objects[2] is not None)

@@ -51,17 +51,20 @@ def test_verify_sh_tables_exist_and_retired_tables_do_not(db: psycopg.Connection
     assert len(PROFILE.verify_tables) == 29
     for table in PROFILE.verify_tables:
         found = db.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()
-        assert found is not None and found[0] is not None, table
+        assert found is not None, table
+        assert found[0] is not None, table
     for table in PROFILE.retired_tables:
         found = db.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()
-        assert found is not None and found[0] is None, table
+        assert found is not None, table
+        assert found[0] is None, table
 
 
 def test_every_state_table_exists(db: psycopg.Connection) -> None:
     """Every table the profile compares row for row exists (incl. provider_grants, marker)."""
     for table in PROFILE.state_tables:
         found = db.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()
-        assert found is not None and found[0] is not None, table
+        assert found is not None, table
+        assert found[0] is not None, table
 
 
 def _seed_policy_version(conn: psycopg.Connection) -> None:
@@ -97,8 +100,9 @@ def test_rls_zone_isolation_policies(db: psycopg.Connection) -> None:
         rls = db.execute("SELECT relrowsecurity, relforcerowsecurity FROM pg_class"
                          " WHERE oid = %s::regclass", (table,)).fetchone()
         assert rls == (True, False), table
-        policies = db.execute("SELECT policyname, qual, with_check FROM pg_policies"
-                              " WHERE schemaname = 'public' AND tablename = %s", (table,)).fetchall()
+        policies = db.execute(
+            "SELECT policyname, qual, with_check FROM pg_policies"
+            " WHERE schemaname = 'public' AND tablename = %s", (table,)).fetchall()
         assert policies == [("zone_isolation", ZONE_ISOLATION, ZONE_ISOLATION)], table
     count = db.execute("SELECT count(*) FROM pg_class WHERE relrowsecurity"
                        " AND relkind IN ('r', 'p')").fetchone()
@@ -225,7 +229,8 @@ def test_generated_secrets_have_the_06_21_shapes() -> None:
     assert set(a) == {s.name for s in PROFILE.secrets}
     for spec in PROFILE.primary_secrets:
         value = a[spec.name]
-        assert len(value) == spec.hex_len and value == value.lower(), spec.name
+        assert len(value) == spec.hex_len, spec.name
+        assert value == value.lower(), spec.name
         bytes.fromhex(value)
         assert value != b[spec.name]
     assert a["databaseUrl"] == f"postgres://caracal:{a['postgresPassword']}@postgres:5432/caracal"

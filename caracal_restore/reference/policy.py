@@ -74,6 +74,9 @@ def render_policy(policy_id: str, allows: Sequence[tuple[str, str]]) -> str:
     return "\n".join(parts)
 
 
+_MISSING = object()
+
+
 def _lookup(doc: Mapping[str, Any], path: str) -> Any:
     value: Any = doc
     for key in path.strip(".").split("."):
@@ -81,9 +84,6 @@ def _lookup(doc: Mapping[str, Any], path: str) -> Any:
             return _MISSING
         value = value[key]
     return value
-
-
-_MISSING = object()
 
 
 def _block_matches(body: str, input_doc: Mapping[str, Any]) -> bool:
@@ -111,7 +111,9 @@ def evaluate_input(rego_text: str, input_doc: Mapping[str, Any]) -> dict[str, An
     return dict(json.loads(default.group(1))) if default else None
 
 
-def evaluate(rego_text: str, application_id: str, resource_identifier: str) -> dict[str, Any] | None:
+def evaluate(
+    rego_text: str, application_id: str, resource_identifier: str
+) -> dict[str, Any] | None:
     """The result for a principal and a resource: first matching allow, else the default."""
     return evaluate_input(
         rego_text,
