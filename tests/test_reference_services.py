@@ -421,6 +421,9 @@ def test_wrong_zone_kek(stack: Stack, client: httpx.Client, canary: Canary) -> N
         assert (missing.status_code, missing.json()) == (404, {
             "error": "resource_not_found", "error_description": "zone signing key not found"})
         assert client.get(f"{sts.url}/.well-known/jwks.json").status_code == 400
+        metrics = client.get(f"{sts.url}/metrics", headers={
+            "Authorization": f"Bearer {stack.secrets['metricsBearer']}"}).text
+        assert "caracal_sts_jwks_invalid_keys_total 1" in metrics.splitlines()
     with _db(stack) as conn:
         count = conn.execute("SELECT count(*) FROM secrets WHERE zone_id = %s",
                              (canary.zone_id,)).fetchone()
@@ -460,6 +463,15 @@ def test_binding_revision_governs_routing(stack: Stack, client: httpx.Client,
     assert (denied.status_code, denied.json()) == (403, {
         "error": "access_denied", "error_description": "resource not configured",
         "requestId": request_id})
+    assert client.get(f"{stack.gateway.url}/metrics").status_code == 401
+    metrics = client.get(f"{stack.gateway.url}/metrics", headers={
+        "Authorization": f"Bearer {stack.secrets['metricsBearer']}"}).text.splitlines()
+    with _db(stack) as conn:
+        bound = conn.execute("SELECT count(*) FROM gateway_resource_bindings").fetchone()
+    assert bound is not None
+    assert f"caracal_gateway_bindings_loaded {bound[0]}" in metrics
+    assert any(m.startswith("caracal_gateway_denials_binding_total ") and not m.endswith(" 0")
+               for m in metrics)
 
 
 def test_missing_revision_row(stack: Stack, client: httpx.Client) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hmac
 import http.server
 import json
 import logging
@@ -340,6 +341,19 @@ def replay_dir_writable(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def metrics_response(req: Request, bearer: str | None,
+                     samples: Mapping[str, tuple[str, int]]) -> Response:
+    """Prometheus text for ``samples`` ({name: (type, value)}), behind METRICS_BEARER if set."""
+    if bearer and not hmac.compare_digest((req.header("Authorization") or "").encode(),
+                                          f"Bearer {bearer}".encode()):
+        return Response(401, b"unauthorized\n", [("Content-Type", "text/plain; charset=utf-8")])
+    lines = []
+    for name, (kind, value) in samples.items():
+        lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+    return Response(200, ("\n".join(lines) + "\n").encode(),
+                    [("Content-Type", "text/plain; version=0.0.4")])
 
 
 def ready_ok() -> Response:

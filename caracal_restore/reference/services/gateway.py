@@ -41,6 +41,7 @@ from caracal_restore.reference.services.common import (
     RunningService,
     StartupError,
     json_response,
+    metrics_response,
     ready_failed,
     ready_ok,
     redis_client,
@@ -91,6 +92,8 @@ class _Gateway:
         self.resolve = {k.lower(): v for k, v in resolve.items()}
         self._jwks: dict[str, tuple[float, dict[str, ec.EllipticCurvePublicKey]]] = {}
         self._jwks_lock = threading.Lock()
+        self.metrics_bearer: str | None = None
+        self.binding_denials = 0
 
     def route(self, req: Request) -> Response:
         """Health, readiness and the reload endpoint; everything else is a protected request."""
@@ -98,6 +101,10 @@ class _Gateway:
             return Response(200)
         if req.path == "/ready":
             return self.ready()
+        if req.path == "/metrics":
+            return metrics_response(req, self.metrics_bearer, {
+                "caracal_gateway_bindings_loaded": ("gauge", len(self.bindings)),
+                "caracal_gateway_denials_binding_total": ("counter", self.binding_denials)})
         if req.path == "/internal/revocations/reload" and req.method == "POST":
             return self.reload_revocations(req)
         request_id = request_id_of(req)
@@ -172,6 +179,7 @@ class _Gateway:
         zone_id = str(peeked.get("zone_id") or "")
         application_id = self.bindings.lookup(zone_id, resource)
         if application_id is None:
+            self.binding_denials += 1
             raise HttpError(403, {"error": "access_denied",
                                   "error_description": "resource not configured"})
         if any(unquote(seg) == ".." for seg in req.path.split("/")):
@@ -344,6 +352,8 @@ def start_gateway(
     ``secrets`` maps file names to values (``auditHmacKey``, ``streamsHmacKey``,
     ``gatewayStsHmacKey``, ``caracalAdminToken``); ``resolve`` maps upstream host names (or
     ``host:port``) to loopback ``address:port``; ``poll_seconds`` is the binding/snapshot period.
+    ``/metrics`` (bearer ``metricsBearer`` when given) exposes ``caracal_gateway_bindings_loaded``
+    and ``caracal_gateway_denials_binding_total``.
     """
     try:
         audit_key = parse_hmac_key(require_secret(secrets, "auditHmacKey", "gateway"))
@@ -379,6 +389,7 @@ def start_gateway(
                            http=http, sts_url=sts_url, gateway_key=gateway_key,
                            admin_token=admin_token, replay_dir=Path(replay_dir),
                            resolve=resolve or {})
+        gateway.metrics_bearer = secrets.get("metricsBearer") or None
 
         def poll() -> None:
             try:

@@ -37,6 +37,7 @@ from caracal_restore.reference.services.common import (
     StartupError,
     ensure_group,
     json_response,
+    metrics_response,
     ready_failed,
     ready_ok,
     redis_client,
@@ -134,6 +135,8 @@ class _Sts:
         self._kek, self._gateway_key = kek, gateway_key
         self.replay_dir, self.evaluate = replay_dir, evaluate
         self.issuer = ""
+        self.metrics_bearer: str | None = None
+        self.jwks_invalid_keys = 0
 
     def route(self, req: Request) -> Response:
         """Dispatch by path."""
@@ -141,6 +144,9 @@ class _Sts:
             return Response(200)
         if req.path == "/ready":
             return self.ready()
+        if req.path == "/metrics":
+            return metrics_response(req, self.metrics_bearer, {
+                "caracal_sts_jwks_invalid_keys_total": ("counter", self.jwks_invalid_keys)})
         if req.path == "/.well-known/jwks.json" and req.method == "GET":
             return self.jwks(req)
         if req.path == "/oauth/2/token" and req.method == "POST":
@@ -189,6 +195,7 @@ class _Sts:
                 opened = signing.open_row(self._kek, row)
             except signing.KeyUnavailable:
                 log.warning("jwks: skipped invalid signing key (reason decrypt) kid=%s", row.kid)
+                self.jwks_invalid_keys += 1
                 continue
             keys.append(tokens.public_jwk(opened.kid, opened.private_key.public_key()))
         if not keys:
@@ -414,6 +421,8 @@ def start_sts(
     ``secrets`` maps secret file names to values (``zoneKek``, ``auditHmacKey``,
     ``gatewayStsHmacKey``, ``streamsHmacKey``); ``issuer_url`` defaults to the STS's own URL.
     Besides HTTP it consumes ``caracal.sessions.revoke`` as group ``sts-revocation``.
+    ``/metrics`` (bearer ``metricsBearer`` when given) exposes
+    ``caracal_sts_jwks_invalid_keys_total``.
     """
     kek = load_zone_kek(require_secret(secrets, "zoneKek", "sts"))
     try:
@@ -440,4 +449,5 @@ def start_sts(
         life.worker("revocations", StsRevocationConsumer(db, rds, streams_key).run)
         url = life.serve(sts.route)
         sts.issuer = issuer_url or url
+        sts.metrics_bearer = secrets.get("metricsBearer") or None
         return life.running(url)
