@@ -59,8 +59,8 @@ def test_wire_json_is_go_marshal_shaped() -> None:
         b'"occurred_at":"2026-06-21T08:05:03.12Z"}'
     )
     assert replay.rfc3339(dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)) == "2026-01-02T03:04:05Z"
-    assert replay.go_json({"b": "é\n\x01", "a": [True, None, 2]}) == (
-        '{"a":[true,null,2],"b":"é\\n\\u0001"}'
+    assert replay.go_json({"b": "é\n\x01\u2028", "a": [True, None, 2, 1.0, 5e-05, 1e-07]}) == (
+        '{"a":[true,null,2,1,0.00005,1e-7],"b":"é\\n\\u0001\\u2028"}'
     )
 
 
@@ -112,6 +112,7 @@ def test_replay_grammar_errors_are_reported(tmp_path: Path) -> None:
             "[1, 2]",
             "",
             json.dumps({**good, "id": "e8", "occurred_at": "2026-06-21T10:00:00.123456789+02:00"}),
+            json.dumps({**good, "id": "e9", "occurred_at": "2026-06-21t08:00:00z"}),
         ])  # no final newline
     )
     (directory / "pending-x-2.ndjson").write_text(json.dumps(good) + "\n")
@@ -123,9 +124,10 @@ def test_replay_grammar_errors_are_reported(tmp_path: Path) -> None:
     assert "pending-1-2.ndjson:4: occurred_at missing or not RFC 3339" in text
     assert "pending-1-2.ndjson:5: keys outside the wire set ['extra']" in text
     assert "pending-1-2.ndjson:6: not a JSON object" in text
+    assert "pending-1-2.ndjson:9: occurred_at missing or not RFC 3339" in text
     assert "not newline-terminated" in text
     assert "pending-x-2.ndjson: name is not pending-<digits>-<digits>.ndjson" in text
-    assert len(scan.problems) == 7
+    assert len(scan.problems) == 8
     assert scan.event_ids == ("e1", "e5", "e8", "e1")
     assert scan.events[2].occurred_at == dt.datetime(2026, 6, 21, 8, 0, 0, 123456, tzinfo=dt.UTC)
 

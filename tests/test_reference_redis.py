@@ -53,8 +53,10 @@ CREATE TABLE audit_events (id text NOT NULL, zone_id text NOT NULL, event_type t
     PRIMARY KEY (id, occurred_at));
 """
 
-#: (session id, status): s1..s6 revoked, a1..a4 still active (STS has not consumed yet).
-SESSIONS = [(f"s{i}", "revoked") for i in range(1, 7)] + [(f"a{i}", "active") for i in range(1, 5)]
+#: (session id, status): s1..s6 revoked, a1..a4 still active (STS has not consumed yet), x1
+#: expired (its zone was deleted).
+SESSIONS = ([(f"s{i}", "revoked") for i in range(1, 7)] + [(f"a{i}", "active") for i in range(1, 5)]
+            + [("x1", "expired")])
 
 
 def _seed(conn: psycopg.Connection[Any]) -> None:
@@ -76,6 +78,8 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
                                   "reason": "grant_revoked", "grant_id": "g2"}, None, False),
         ("eo-06", REVOKE_STREAM, {"zone_id": "zone-a", "session_id": "s6",
                                   "reason": "grant_revoked", "grant_id": "g3"}, None, True),
+        ("eo-07", REVOKE_STREAM, {"zone_id": "zone-a", "session_id": "x1",
+                                  "reason": "grant_revoked", "grant_id": "g4"}, None, True),
     ]
     for oid, stream, payload, minutes, dead in api:
         conn.execute(
@@ -232,6 +236,7 @@ def test_revocation_invariant_holds_with_pending_and_undelivered_entries(
     states = {c.outbox_id: c.state for c in coverage}
     assert states["co-07"] == "outbox-pending"
     assert states["eo-06"] == "revoked"  # dead row, but its session was revoked directly
+    assert states["eo-07"] == "expired"  # dead row, session unusable anyway
     assert {"pending", "undelivered", "revoked"} <= set(states.values())
     pel = client.xpending(REVOKE_STREAM, STS_GROUP)
     assert pel["pending"] == len(published.revocation_pending) >= 3
@@ -258,6 +263,18 @@ def test_invariant_reports_an_acknowledged_entry_whose_session_stayed_active(
     client.xack(REVOKE_STREAM, STS_GROUP, target)
     broken = [c for c in redis_state.revocation_coverage(conn, client) if not c.holds]
     assert [(c.outbox_id, c.session_id, c.state) for c in broken] == [("co-02", "a1", "acked")]
+
+
+def test_invariant_reports_a_dead_outbox_row_whose_session_stayed_active(
+    client: redis_lib.Redis,
+    conn: psycopg.Connection[Any],
+    published: redis_state.RedisStateSummary,
+) -> None:
+    """A dead (never dispatched) row for an active session is a lost revocation too."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("UPDATE sessions SET status = 'active' WHERE id = 's6'")
+        broken = [c for c in redis_state.revocation_coverage(conn, client) if not c.holds]
+    assert [(c.outbox_id, c.state) for c in broken] == [("eo-06", "outbox-dead")]
 
 
 def test_audit_stream_holds_signed_events_not_yet_ingested(

@@ -158,6 +158,8 @@ def publish_state(
 ) -> RedisStateSummary:
     """Publish the dispatched outbox rows, then let consumers read and acknowledge part of them.
 
+    Call ``provision`` first (the groups must exist, as in a running deployment).
+
     ``sts-revocation`` reads all but the newest ``undelivered`` revocation entries (at most
     a quarter of them) and acknowledges each one whose ``session_id`` is already ``revoked``
     in ``sessions`` (or that has none), except ``pending`` of them; entries for sessions
@@ -492,13 +494,14 @@ class RevocationCoverage:
     outbox_id: str
     session_id: str
     session_status: str | None
-    #: revoked | pending | undelivered | outbox-pending | acked | missing | outbox-dead
+    #: revoked | expired | pending | undelivered | outbox-pending | acked | missing |
+    #: outbox-dead
     state: str
 
     @property
     def holds(self) -> bool:
-        """True when the row satisfies FACTS-2026.06 §5.4."""
-        return self.state in {"revoked", "pending", "undelivered", "outbox-pending"}
+        """True when the row satisfies FACTS-2026.06 §5.4 (an expired session is benign)."""
+        return self.state in {"revoked", "expired", "pending", "undelivered", "outbox-pending"}
 
 
 def revocation_coverage(
@@ -508,8 +511,9 @@ def revocation_coverage(
 
     A row holds when ``sessions[X].status='revoked'``, or its entry (matched on
     ``outbox_id``) is still undelivered or pending for ``sts-revocation``, or the row itself
-    is not yet published (its dispatcher will publish it). ``acked``, ``missing`` (published
-    but not in Redis) and ``outbox-dead`` rows with a live session are violations.
+    is not yet published (its dispatcher will publish it); an ``expired`` session can no
+    longer be used (FACTS-1.0 §20 S4.2). ``acked``, ``missing`` (published but not in Redis)
+    and ``outbox-dead`` rows whose session is still active are violations.
     """
     rows = conn.execute(
         "SELECT 'event_outbox', o.id::text, o.payload_json->>'session_id', s.status,"
@@ -527,8 +531,8 @@ def revocation_coverage(
     where = _entry_positions(client)
     out = []
     for table, outbox_id, session_id, status, outbox_state in rows:
-        if status == "revoked":
-            state = "revoked"
+        if status in {"revoked", "expired"}:
+            state = status
         elif outbox_state == "pending":
             state = "outbox-pending"
         elif outbox_state == "dead":

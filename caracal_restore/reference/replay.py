@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import hashlib
 import json
+import math
 import os
 import re
 import uuid
@@ -49,7 +51,7 @@ WIRE_KEYS = frozenset(name for name, _ in WIRE_FIELDS)
 JSON_FIELDS = frozenset({"determining_policies_json", "diagnostics_json", "metadata_json"})
 
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})"
 )
 
 
@@ -77,6 +79,17 @@ def go_string(value: str) -> str:
     return "".join(out)
 
 
+def go_float(value: float) -> str:
+    """A float64 as Go's encoding/json writes it (shortest digits, plain between 1e-6 and 1e21)."""
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"Go cannot marshal {value!r}")
+    text = repr(value)
+    if value == 0 or 1e-6 <= abs(value) < 1e21:
+        plain = format(decimal.Decimal(text), "f")
+        return plain.rstrip("0").rstrip(".") if "." in plain else plain
+    return text.replace("e-0", "e-")  # Go cleans e-07 to e-7, keeps e+21
+
+
 def go_json(value: Any) -> str:
     """Compact JSON of a Python value as Go marshals it (map keys sorted, HTML escaping)."""
     if value is None:
@@ -90,7 +103,7 @@ def go_json(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return json.dumps(value)
+        return go_float(value)
     if isinstance(value, Mapping):
         items = sorted((str(k), v) for k, v in value.items())
         return "{" + ",".join(f"{go_string(k)}:{go_json(v)}" for k, v in items) + "}"
@@ -143,7 +156,7 @@ def parse_rfc3339(text: str) -> dt.datetime:
     year, month, day, hour, minute, second, frac, zone = match.groups()
     micros = int((frac or "").ljust(6, "0")[:6])
     tz = dt.UTC
-    if zone not in {"Z", "z"}:
+    if zone != "Z":
         sign = 1 if zone[0] == "+" else -1
         tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
     return dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
