@@ -111,10 +111,11 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
              None if minutes is None else T0 + minutes * minute),
         )
     for i in range(4):
-        event = {"id": f"ev-{i}", "zone_id": "zone-a", "event_type": "token_exchange",
-                 "request_id": f"req-{i}", "decision": "allow", "evaluation_status": "complete",
-                 "determining_policies_json": '[{"policy": "caracal-bootstrap"}]',
-                 "diagnostics_json": "[]", "occurred_at": T0 + dt.timedelta(seconds=i)}
+        event: dict[str, Any] = {
+            "id": f"ev-{i}", "zone_id": "zone-a", "event_type": "token_exchange",
+            "request_id": f"req-{i}", "decision": "allow", "evaluation_status": "complete",
+            "determining_policies_json": '[{"policy": "caracal-bootstrap"}]',
+            "diagnostics_json": "[]", "occurred_at": T0 + dt.timedelta(seconds=i)}
         sig = producer_signature(AUDIT_KEY, wire_json(event))
         conn.execute(
             "INSERT INTO audit_events (id, zone_id, event_type, request_id, decision,"
@@ -184,8 +185,8 @@ def test_provision_creates_the_nine_streams_and_their_groups(client: redis_lib.R
         groups = {g["name"].decode() for g in client.xinfo_groups(spec.name)}
         expected = set(spec.groups) | ({GATEWAY_GROUP} if spec.name == REVOKE_STREAM else set())
         assert groups == expected, spec.name
-    ratelimit = client.xrange("caracal.providers.ratelimit")
-    assert [fields for _, fields in ratelimit][-1] == {b"init": b"1"}
+    ratelimit = redis_state.stream_entries(client, "caracal.providers.ratelimit")
+    assert ratelimit[-1][1] == {"init": "1"}
     gateway = client.xinfo_groups(REVOKE_STREAM)
     assert {g["name"]: g["last-delivered-id"] for g in gateway}[GATEWAY_GROUP.encode()] == b"0-0"
 
@@ -254,12 +255,10 @@ def test_invariant_reports_an_acknowledged_entry_whose_session_stayed_active(
     published: redis_state.RedisStateSummary,
 ) -> None:
     """Acknowledging a pending entry for an active session is a lost revocation."""
-    target = next(
-        p["message_id"]
-        for p in client.xpending_range(REVOKE_STREAM, STS_GROUP, "-", "+", 100)
-        if client.xrange(REVOKE_STREAM, p["message_id"], p["message_id"])[0][1][b"session_id"]
-        == b"a1"
-    )
+    entries = redis_state.stream_entries(client, REVOKE_STREAM)
+    sessions = {entry_id: fields.get("session_id") for entry_id, fields in entries}
+    pel = redis_state.snapshot(client)[REVOKE_STREAM]["groups"][STS_GROUP]["pel"]
+    target = next(entry_id for entry_id, *_ in pel if sessions[entry_id] == "a1")
     client.xack(REVOKE_STREAM, STS_GROUP, target)
     broken = [c for c in redis_state.revocation_coverage(conn, client) if not c.holds]
     assert [(c.outbox_id, c.session_id, c.state) for c in broken] == [("co-02", "a1", "acked")]
