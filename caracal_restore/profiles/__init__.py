@@ -61,6 +61,12 @@ class Profile:
     ready_body_sts: str
     ready_body_gateway: str
     retention_defaults: tuple[tuple[str, int], ...]
+    #: Provider-native credential table (``provider_grants`` at 2026.06, FACTS-2026.06 §12).
+    provider_credential_table: str = ""
+    #: Agent statuses the Gateway's revocation snapshot loads (FACTS-2026.06 §5.3, §12).
+    gateway_snapshot_agent_statuses: tuple[str, ...] = ()
+    #: Secret file of the Coordinator operator token.
+    coordinator_token_secret: str = ""
 
     def secret(self, name: str) -> SecretSpec:
         """The spec of one secret by file name."""

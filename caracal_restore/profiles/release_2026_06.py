@@ -225,4 +225,7 @@ PROFILE = Profile(
     ready_body_sts='{"ok":true,"ready":true}',
     ready_body_gateway='{"ok":true,"ready":true}',
     retention_defaults=RETENTION_DEFAULTS,
+    provider_credential_table="provider_grants",
+    gateway_snapshot_agent_statuses=("suspended", "terminated"),
+    coordinator_token_secret="caracalCoordinatorToken",
 )

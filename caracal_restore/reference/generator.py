@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -59,6 +59,7 @@ __all__ = [
     "Volume",
     "admin_hash_fields",
     "audit_wire_json",
+    "build_context",
     "build_source_database",
     "compact",
     "export_watermark",
@@ -191,20 +192,15 @@ def _canary(ctx: Context) -> Canary:
     )
 
 
-def populate(
-    conn: psycopg.Connection,
+def build_context(
     *,
     seed: int,
     volume: Volume,
     secrets: Mapping[str, str],
     now: dt.datetime,
     canary_upstream_url: str,
-) -> ReferenceData:
-    """Fill a database that has the 2026.06 schema with deterministic reference data.
-
-    ``conn`` should be in autocommit mode (each phase runs in its own transaction).
-    ``secrets`` needs ``zoneKek``, ``auditHmacKey`` and ``caracalAdminToken``.
-    """
+) -> Context:
+    """Build every non-audit row in memory (no database needed; same ids as ``populate``)."""
     if min(volume.zones, volume.applications_per_zone, volume.resources_per_zone,
            volume.sessions_per_zone, volume.months) < 1:
         raise ValueError("the reference deployment needs >= 1 zone, application, resource,"
@@ -219,8 +215,34 @@ def populate(
         gen_agents.build_edges, gen_sessions.build_delegated_grants, gen_sessions.build_step_up,
     ):
         build(ctx)
+    return ctx
+
+
+#: Called with the connection and the export watermark just before retention runs.
+BeforeRetention = Callable[[psycopg.Connection, dt.datetime], None]
+
+
+def populate(
+    conn: psycopg.Connection,
+    *,
+    seed: int,
+    volume: Volume,
+    secrets: Mapping[str, str],
+    now: dt.datetime,
+    canary_upstream_url: str,
+    before_retention: BeforeRetention | None = None,
+) -> ReferenceData:
+    """Fill a database that has the 2026.06 schema with deterministic reference data.
+
+    ``conn`` should be in autocommit mode (each phase runs in its own transaction).
+    ``secrets`` needs ``zoneKek``, ``auditHmacKey`` and ``caracalAdminToken``.
+    ``before_retention(conn, watermark)`` runs after the audit events are written and before
+    retention drops expired partitions (the reference deployment exports them there).
+    """
+    ctx = build_context(seed=seed, volume=volume, secrets=secrets, now=now,
+                        canary_upstream_url=canary_upstream_url)
     write_state(conn, ctx)
-    partitions, dropped = gen_audit.write_audit(conn, ctx)
+    partitions, dropped = gen_audit.write_audit(conn, ctx, before_retention)
     with conn.transaction():
         gen_audit.write_admin_audit(conn, ctx)
         watermark = gen_audit.write_markers(conn, ctx)
@@ -251,6 +273,7 @@ def build_source_database(
     now: dt.datetime,
     canary_upstream_url: str,
     owner: str = "caracal",
+    before_retention: BeforeRetention | None = None,
 ) -> ReferenceData:
     """Create database ``caracal``, apply the schema (span + 3 months) and populate it.
 
@@ -271,5 +294,6 @@ def build_source_database(
         schema.apply_schema(conn, months=span_months(now, volume.months),
                             applied_at=installed_at(now, volume.months))
         data = populate(conn, seed=seed, volume=volume, secrets=secrets, now=now,
-                        canary_upstream_url=canary_upstream_url)
+                        canary_upstream_url=canary_upstream_url,
+                        before_retention=before_retention)
     return dataclasses.replace(data, database=endpoint.dbname)
