@@ -5,4 +5,5 @@ pytest_plugins = (
     "fixtures.controls",
     "fixtures.evidence",
     "fixtures.environment",
+    "fixtures.restore",
 )

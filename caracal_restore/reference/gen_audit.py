@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -234,13 +234,23 @@ def retention_loop(
     return schema.monthly_partitions(conn), dropped
 
 
-def write_audit(conn: psycopg.Connection, ctx: Context) -> tuple[list[str], list[str]]:
-    """Generate, chain and COPY the audit events; then run the retention tick at ``now``."""
+def write_audit(
+    conn: psycopg.Connection,
+    ctx: Context,
+    before_retention: Callable[[psycopg.Connection, dt.datetime], None] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Generate, chain and COPY the audit events; then run the retention tick at ``now``.
+
+    ``before_retention(conn, watermark)`` runs between the two — where the hourly exporter
+    has already archived the events that retention is about to drop.
+    """
     events = build_audit_events(ctx)
     with conn.transaction():
         canonicalise(conn, events)
         chain(events, ctx.audit_key)
         copy_rows(conn, "audit_events", events)
+    if before_retention is not None:
+        before_retention(conn, export_watermark(ctx.now))
     return retention_loop(conn, ctx.now)
 
 

@@ -1,0 +1,297 @@
+"""A run, end to end: provide the source, take (or accept) a bundle, restore it, start services.
+
+``run_pipeline`` yields a ``RunState``. A phase that fails is recorded in ``RunState.errors``
+(with everything after it skipped) instead of raising, so every check that depends on it is
+reported *broken* with the cause — never passed, and never a crashed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from caracal_restore import bundle as bundles
+from caracal_restore import fingerprint as fp
+from caracal_restore.environments import redis as redis_env
+from caracal_restore.environments.base import PgEndpoint
+from caracal_restore.environments.secretstore import DirSecretStore
+from caracal_restore.environments.stack import IsolatedStack
+from caracal_restore.errors import SuiteError
+from caracal_restore.profiles.registry import detect_release
+from caracal_restore.redact import REDACTOR
+from caracal_restore.restore import RestoredEnvironment, restore_bundle
+from caracal_restore.runstate import BundleInfo, CanaryInputs, RunState, ServicesInfo
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_BUCKET = "caracal-audit-archive"
+BACKUP_BUCKET = "caracal-backups"
+PHASES = ("source", "backup", "restore", "release", "services")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+    """What the run restores and how (built from the suite's settings)."""
+
+    source: str = "reference"  # reference | bundle
+    bundle: str | None = None
+    bundle_secrets: Path | None = None
+    age_identity: Path | None = None
+    age_recipients: tuple[str, ...] = ()
+    encrypt: bool = True
+    release: str = "auto"
+    services: str = "reference"
+    sts_url: str | None = None
+    gateway_url: str | None = None
+    seed: int = 1
+    audit_events: int = 5000
+    zones: int = 3
+    archive_bucket: str = ARCHIVE_BUCKET
+    workdir: Path | None = None
+    keep: bool = False
+    pg_bindir: Path | None = None
+    cache_dir: Path | None = None
+    redis_binary: str | None = None
+
+
+class _Phases:
+    """Runs phases in order; after the first failure the later ones are skipped."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[bool]:
+        if self.errors:
+            failed = next(iter(self.errors))
+            self.errors[name] = f"not run: the {failed} phase failed"
+            yield False
+            return
+        try:
+            yield True
+        except (SuiteError, OSError, RuntimeError, LookupError, ValueError,
+                psycopg.Error) as exc:
+            self.errors[name] = REDACTOR(f"{type(exc).__name__}: {exc}")
+            log.error("run phase %s failed: %s", name, self.errors[name])
+
+
+@contextlib.contextmanager
+def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]:
+    """Build the run on an isolated stack; tear down what it started when the block ends."""
+    phases = _Phases()
+    work = Path(tempfile.mkdtemp(prefix="caracal-run-", dir=spec.workdir))
+    work.chmod(0o755)
+    with contextlib.ExitStack() as exits:
+        if not spec.keep:
+            exits.callback(shutil.rmtree, work, True)
+        source_secrets: Mapping[str, str] = {}
+        canary: CanaryInputs | None = None
+        reference_info: dict[str, Any] | None = None
+        archive_bucket: str | None = None
+        opened: bundles.Bundle | None = None
+        restored: RestoredEnvironment | None = None
+        release = spec.release
+        services = ServicesInfo(mode=spec.services)
+        basis = "internal consistency"
+
+        with phases.phase("source") as ok:
+            if ok:
+                if spec.source == "reference":
+                    deployment, bundle_path, identity = _reference_backup(spec, stack, work, exits)
+                    source_secrets = dict(deployment.secrets)
+                    archive_bucket = deployment.archive_bucket
+                    c = deployment.data.canary
+                    canary = CanaryInputs(c.zone_id, c.application_id, c.resource_identifier,
+                                          c.client_secret, tuple(c.signing_key_ids))
+                    reference_info = {
+                        "seed": spec.seed, "now": deployment.data.now.isoformat(),
+                        "counts": dict(deployment.data.counts),
+                        "dropped_partitions": list(deployment.data.dropped_partitions),
+                        "export_objects": deployment.export_objects,
+                    }
+                else:
+                    if not spec.bundle or not spec.bundle_secrets:
+                        raise SuiteError("--bundle needs --bundle-secrets (the secrets backed "
+                                         "up separately, one file per secret)")
+                    bundle_path, identity = spec.bundle, spec.age_identity
+                    source_secrets = _read_secrets(spec.bundle_secrets)
+        with phases.phase("backup") as ok:
+            if ok:
+                client = None
+                if str(bundle_path).startswith("s3://") and stack.objects.provider != "dir":
+                    client = stack.objects.bucket(BACKUP_BUCKET).client  # type: ignore[attr-defined]
+                opened = bundles.open_bundle(
+                    bundle_path, work / "fetched", identity_file=identity,
+                    object_store_client=client, endpoint_url=stack.objects.endpoint_url,
+                    tools=stack.pg.tools,
+                )
+                basis = "fingerprint" if opened.fingerprint else "internal consistency"
+        with phases.phase("restore") as ok:
+            if ok:
+                assert opened is not None
+                restored = exits.enter_context(restore_bundle(
+                    opened, stack.pg, secrets=source_secrets, secret_store=stack.secrets,
+                    workdir=work, keep=spec.keep, redis_binary=spec.redis_binary,
+                ))
+        with phases.phase("release") as ok:
+            if ok:
+                assert restored is not None
+                release = _release(spec.release, restored.databases["caracal"])
+        with phases.phase("services") as ok:
+            if ok:
+                assert restored is not None and opened is not None
+                services = _services(spec, stack, opened, restored, source_secrets, work, exits)
+        yield RunState(
+            release=release,
+            source_kind=spec.source,
+            comparison_basis=basis,
+            stack=stack.handoff(),
+            bundle=_bundle_info(opened) if opened else None,
+            restored_databases=dict(restored.databases) if restored else {},
+            restored_redis=restored.redis.endpoint if restored and restored.redis else None,
+            restored_replay={k: str(v) if v else None for k, v in
+                             (restored.replay if restored else {}).items()},
+            restore_timings=dict(restored.timings) if restored else {},
+            restore_notes=restored.notes if restored else (),
+            restored_at=restored.restored_at.isoformat() if restored else None,
+            archive_bucket=archive_bucket,
+            canary=canary,
+            services=services,
+            reference=reference_info,
+            errors=phases.errors,
+        )
+
+
+def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
+                      exits: contextlib.ExitStack) -> tuple[Any, str, Path | None]:
+    """Build the reference source, back it up (encrypted unless told otherwise), upload it."""
+    from caracal_restore.reference.deployment import build_reference
+    from caracal_restore.reference.generator import Volume
+
+    archive = stack.objects.bucket(spec.archive_bucket, create=True, object_lock=True)
+    volume = Volume(zones=spec.zones, audit_events=spec.audit_events)
+    deployment = exits.enter_context(build_reference(
+        archive=archive, seed=spec.seed, volume=volume, workdir=spec.workdir, keep=spec.keep,
+        pg_bindir=spec.pg_bindir, cache_dir=spec.cache_dir, redis_binary=spec.redis_binary,
+    ))
+    out = work / "backups"
+    out.mkdir()
+    client = deployment.redis.client()
+    try:
+        def hook(db: str, conn: psycopg.Connection[Any]) -> Mapping[str, Any]:
+            return fp.take_fingerprint(conn, redis_client=None)
+
+        archive_path = bundles.take_backup(
+            out, pg_admin=deployment.pg.admin, tools=deployment.pg.tools,
+            redis_dir_provider=lambda: bundles.redis_aof_local(client, deployment.redis.datadir),
+            redis_client=client, replay_dirs=dict(deployment.replay), fingerprint_hook=hook,
+        )
+    finally:
+        client.close()
+    identity: Path | None = spec.age_identity
+    if spec.encrypt:
+        recipients = list(spec.age_recipients)
+        if not recipients:
+            identity, recipient = _new_identity(work)
+            recipients = [recipient]
+        archive_path = bundles.encrypt_file(archive_path, recipients)
+    if stack.objects.provider == "dir":
+        return deployment, str(archive_path), identity
+    store = stack.objects.bucket(BACKUP_BUCKET, create=True)
+    key = archive_path.name
+    store.put(key, archive_path.read_bytes(), if_none_match=True)
+    return deployment, f"s3://{BACKUP_BUCKET}/{key}", identity
+
+
+def _new_identity(work: Path) -> tuple[Path, str]:
+    """A fresh age X25519 identity for this run (the recipient the bundle is encrypted to)."""
+    import os
+
+    import pyrage
+
+    ident = pyrage.x25519.Identity.generate()
+    path = work / "age-identity.txt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"# created by caracal-restore for one run\n{ident}\n")
+    REDACTOR.add(str(ident))
+    return path, str(ident.to_public())
+
+
+def _read_secrets(root: Path) -> dict[str, str]:
+    store = DirSecretStore.__new__(DirSecretStore)
+    store.root = root
+    return {name: store.read(name) for name in store.names()}
+
+
+def _release(requested: str, db: PgEndpoint) -> str:
+    """The release to check: the one named, or the one the restored ledger identifies."""
+    if requested != "auto":
+        return requested
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        versions = fp.ledger(conn) or []
+    return detect_release(versions)
+
+
+def _bundle_info(b: bundles.Bundle) -> BundleInfo:
+    return BundleInfo(
+        source=b.source, archive=str(b.archive), root=str(b.root), stamp=b.stamp,
+        created_at=b.created_at.isoformat(), encrypted=b.encrypted, databases=b.databases,
+        has_fingerprint=b.fingerprint is not None, warnings=tuple(b.warnings),
+    )
+
+
+def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
+              restored: RestoredEnvironment, secrets: Mapping[str, str], work: Path,
+              exits: contextlib.ExitStack) -> ServicesInfo:
+    """Services for the live checks, on a writable copy so the restored data stays pristine."""
+    if spec.services == "none":
+        return ServicesInfo(mode="none")
+    if spec.services == "external":
+        return ServicesInfo(mode="external", sts_url=spec.sts_url, gateway_url=spec.gateway_url)
+    from caracal_restore.reference.deployment import start_services
+
+    source = restored.databases["caracal"]
+    live_name = stack.pg.database_name("caracal_live")
+    with stack.pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(live_name), sql.Identifier(source.dbname)))
+    stack.pg.created.append(live_name)
+    exits.callback(stack.pg.drop_database, live_name)
+    password = secrets.get("postgresPassword", "")
+    live_db = PgEndpoint(source.host, source.port, "caracal", live_name, password)
+    live_redis = exits.enter_context(redis_env.embedded(
+        binary=spec.redis_binary, appendonlydir=opened.redis_aof_dir, workdir=spec.workdir,
+        keep=spec.keep, password=secrets.get("redisPassword"),
+    ))
+    replay = {}
+    for service in ("sts", "gateway"):
+        dest = work / "live-replay" / service
+        src = restored.replay.get(service)
+        if src is not None:
+            shutil.copytree(src, dest)
+        else:
+            dest.mkdir(parents=True)
+        replay[service] = dest
+    running = exits.enter_context(start_services(
+        db=live_db, redis=live_redis.endpoint, secrets=secrets, replay=replay))
+    return ServicesInfo(
+        mode="reference", sts_url=running.sts_url, gateway_url=running.gateway_url,
+        audit_url=running.audit_url, upstream_url=running.upstream_url, live_db=live_db,
+        live_redis=live_redis.endpoint, live_replay={k: str(v) for k, v in replay.items()},
+    )
+
+
+def backup_age(created_at: dt.datetime, now: dt.datetime | None = None) -> dt.timedelta:
+    """How old a backup is (the RPO measure)."""
+    return (now or dt.datetime.now(dt.UTC)) - created_at
