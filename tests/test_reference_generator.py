@@ -326,13 +326,13 @@ def test_revocation_state_is_consistent(built: Built) -> None:
     conn = built.conn
     assert conn.execute("SELECT count(*) FROM event_outbox WHERE dispatched_at IS NULL"
                         " AND available_at = 'infinity'").fetchone() == (0,)
-    states = dict(conn.execute("SELECT dispatched_at IS NULL, count(*) FROM event_outbox"
-                               " GROUP BY 1").fetchall())
+    states: dict[bool, int] = dict(conn.execute(
+        "SELECT dispatched_at IS NULL, count(*) FROM event_outbox GROUP BY 1").fetchall())
     assert states.get(True)
     assert states.get(False)
     streams = {r[0] for r in conn.execute("SELECT DISTINCT stream_name FROM event_outbox")}
     assert streams == {"caracal.sessions.revoke", "caracal.policy.invalidate"}
-    status = dict(conn.execute("SELECT id, status FROM sessions").fetchall())
+    status: dict[str, str] = dict(conn.execute("SELECT id, status FROM sessions").fetchall())
     for (payload,) in conn.execute("SELECT payload_json FROM event_outbox"
                                    " WHERE stream_name = 'caracal.sessions.revoke'"):
         assert payload["reason"] == "grant_revoked"
@@ -348,7 +348,8 @@ def test_revocation_state_is_consistent(built: Built) -> None:
             assert status[payload["session_id"]] == "revoked", dedupe
     agents = conn.execute("SELECT status, count(*) FROM agent_sessions GROUP BY 1").fetchall()
     assert {"active", "suspended", "terminated"} <= {a[0] for a in agents}
-    edges = dict(conn.execute("SELECT status, count(*) FROM delegation_edges GROUP BY 1"))
+    edges: dict[str, int] = dict(
+        conn.execute("SELECT status, count(*) FROM delegation_edges GROUP BY 1").fetchall())
     assert edges.get("revoked")
     assert edges.get("active")
     assert conn.execute("SELECT count(*) FROM delegation_edges WHERE status = 'revoked'"
@@ -452,7 +453,9 @@ def test_wire_json_fast_path_matches_the_reference_encoding() -> None:
     base = {"id": "e1", "zone_id": "z1", "event_type": "token_exchange", "request_id": "r1",
             "decision": "allow", "policy_set_id": "", "policy_set_version_id": "psv",
             "manifest_sha": "abc", "evaluation_status": "complete", "occurred_at": occurred}
-    for objects in ((["p"], [], {"é": 1.5, "a": [True, None]}), ([], [], None)):
+    cases: tuple[tuple[Any, Any, Any], ...] = (
+        (["p"], [], {"é": 1.5, "a": [True, None]}), ([], [], None))
+    for objects in cases:
         texts = {"determining_policies_json": generator.compact(objects[0]),
                  "diagnostics_json": generator.compact(objects[1]),
                  "metadata_json": None if objects[2] is None else generator.compact(objects[2])}

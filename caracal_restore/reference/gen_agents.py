@@ -65,6 +65,7 @@ def _subject_for(
 
 
 def _agent(ctx: Context, zone: ZoneState, plan: str | None, reserved: set[str]) -> None:
+    """One agent: a child of an earlier task (unplanned only) or a root in a planned state."""
     parents = [
         a
         for a in zone.agents
@@ -96,17 +97,7 @@ def _agent(ctx: Context, zone: ZoneState, plan: str | None, reserved: set[str]) 
     if parent is not None:
         spawned = _child_agent(ctx, row, parent)
     else:
-        if plan is None:
-            roll = ctx.rng.random()
-            plan = (
-                "service_active"
-                if roll < 0.12
-                else "service_suspended"
-                if roll < 0.25
-                else "task_active"
-                if roll < 0.65
-                else "task_terminated"
-            )
+        plan = plan or _random_plan(ctx.rng.random())
         spawned = _root_agent(ctx, row, plan)
         dedicated = plan in ("service_suspended", "task_terminated_recent", "task_terminated_now")
         row["subject_session_id"] = _subject_for(ctx, zone, spawned, reserved, dedicated=dedicated)
@@ -116,6 +107,18 @@ def _agent(ctx: Context, zone: ZoneState, plan: str | None, reserved: set[str]) 
         ctx.rows["agent_topology"].append(
             {"parent_id": parent["id"], "child_id": row["id"], "created_at": spawned}
         )
+
+
+def _random_plan(roll: float) -> str:
+    """The state of an unplanned root agent: mostly active or ended tasks, some services."""
+    for limit, plan in (
+        (0.12, "service_active"),
+        (0.25, "service_suspended"),
+        (0.65, "task_active"),
+    ):
+        if roll < limit:
+            return plan
+    return "task_terminated"
 
 
 def _child_agent(ctx: Context, row: dict[str, Any], parent: dict[str, Any]) -> dt.datetime:
@@ -179,6 +182,7 @@ def _root_agent(ctx: Context, row: dict[str, Any], plan: str) -> dt.datetime:
 
 
 def _services_and_invocations(ctx: Context, zone: ZoneState) -> None:
+    """A registry entry per service agent and a few invocations from tasks to services."""
     services = [a for a in zone.agents if a["lifecycle"] == "service"]
     for si, agent in enumerate(services):
         ctx.rows["agent_services"].append(
@@ -246,6 +250,7 @@ def _edge(
     earlier: list[dict[str, Any]],
     mutations: list[tuple[dt.datetime, str, dict[str, Any]]],
 ) -> dict[str, Any]:
+    """One edge between two agents; revoked/expired ones stay inside the retention window."""
     now = ctx.now
     lower = max(
         source["spawned_at"],
@@ -307,6 +312,7 @@ def _edge(
 def _epoch(
     ctx: Context, zone: ZoneState, mutations: list[tuple[dt.datetime, str, dict[str, Any]]]
 ) -> None:
+    """Number the zone's graph mutations (the epoch) and emit their outbox effects."""
     mutations.sort(key=lambda m: m[0])
     for epoch, (at, kind, edge) in enumerate(mutations, start=1):
         if kind == "revoke":
@@ -315,9 +321,8 @@ def _epoch(
                 zone,
                 at,
                 edge["target_session_id"],
-                "delegation",
                 extra={"delegation_edge_id": edge["id"], "reason": "delegation_revoked"},
-                dedupe=lambda subject, e=edge: f"delegation:{e['id']}:subject:{subject}",
+                dedupe=f"delegation:{edge['id']}:subject:{{subject}}",
             )
         elif kind == "expire" and at >= ctx.now - OUTBOX_RETENTION:
             ctx.coordinator_outbox(
@@ -340,6 +345,7 @@ def _epoch(
 
 
 def _agent_lifecycle_outbox(ctx: Context) -> None:
+    """Suspend/terminate revocation events of root agents (subtree operations)."""
     for zone in ctx.zones:
         for agent in zone.agents:
             if agent["status"] == "suspended":
@@ -349,9 +355,8 @@ def _agent_lifecycle_outbox(ctx: Context) -> None:
                     zone,
                     at,
                     agent["id"],
-                    "suspend",
                     extra={"reason": "service_heartbeat_lost"},
-                    dedupe=lambda _s, a=agent: f"agent_suspend:{a['id']}",
+                    dedupe=f"agent_suspend:{agent['id']}",
                 )
             elif agent["status"] == "terminated" and agent["parent_id"] is None:
                 at = agent["terminated_at"]
@@ -361,9 +366,8 @@ def _agent_lifecycle_outbox(ctx: Context) -> None:
                     zone,
                     at,
                     agent["id"],
-                    "terminate",
                     extra={"reason": reason},
-                    dedupe=lambda _s, a=agent: f"agent_terminate:{a['id']}",
+                    dedupe=f"agent_terminate:{agent['id']}",
                 )
 
 
@@ -372,12 +376,14 @@ def _revocation(
     zone: ZoneState,
     at: dt.datetime,
     agent_id: str,
-    kind: str,
     *,
     extra: Mapping[str, Any],
-    dedupe: Any,
+    dedupe: str,
 ) -> None:
-    """A Coordinator caracal.sessions.revoke event and, once published, its STS effect."""
+    """A Coordinator caracal.sessions.revoke event and, once published, its STS effect.
+
+    ``dedupe`` is the dedupe key; ``{subject}`` in it is replaced by the subject session id.
+    """
     agent = next(a for a in zone.agents if a["id"] == agent_id)
     subject_id = agent["subject_session_id"]
     subject = next(s for s in zone.sessions if s["id"] == subject_id)
@@ -397,7 +403,11 @@ def _revocation(
     pending = at >= ctx.now - dt.timedelta(minutes=30)
     if recent:
         ctx.coordinator_outbox(
-            "caracal.sessions.revoke", dedupe(subject_id), at, payload, published=not pending
+            "caracal.sessions.revoke",
+            dedupe.format(subject=subject_id),
+            at,
+            payload,
+            published=not pending,
         )
     if not pending:  # STS consumed the published entry (older rows were already pruned)
         ctx.revoke_session_tree(zone, subject_id)
