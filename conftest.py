@@ -6,4 +6,7 @@ pytest_plugins = (
     "fixtures.evidence",
     "fixtures.environment",
     "fixtures.restore",
+    "fixtures.services",
+    "fixtures.diagnostics",
+    "fixtures.retention",
 )
