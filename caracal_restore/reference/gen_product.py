@@ -333,6 +333,7 @@ def build_signing_keys(ctx: Context) -> None:
                 serialization.PrivateFormat.TraditionalOpenSSL,
                 serialization.NoEncryption(),
             )
+            REDACTOR.add(pem.decode())
             ct, nonce = envelope.zone_seal(ctx.kek, pem)
             kid = ctx.id_at(at)
             zone.signing_keys.append(kid)
