@@ -409,7 +409,7 @@ class _ZoneScan:
         expect, last = 1, ""
         rows = keyed = unsigned = 0
         name = f"caracal_chain_{next(ctx.cursor_ids)}"
-        with ctx.conn.cursor(name=name) as cur:
+        with ctx.conn.cursor(name=name, binary=True) as cur:
             cur.execute(f"SELECT {self.select} WHERE {self.where} ORDER BY chain_seq",
                         (zone,) if zone is not None else None)
             while batch := cur.fetchmany(ctx.batch_size):
@@ -540,8 +540,12 @@ class _ZoneScan:
                                    UNVERIFIED)
                     return
         if not reasons:
-            reasons.append("no archive covers them" if self.ctx.partitions is not None
-                           else "the table has no retention")
+            if self.ctx.partitions is None:
+                reasons.append("the table has no retention")
+            elif self.ctx.archive is None:
+                reasons.append("mid-chain, and no archive was given to show they were exported")
+            else:
+                reasons.append("the archive does not hold every missing row")
         if not prefix and prev == last:
             reasons.append("links are intact across it: chain_seq numbering jumps")
         self.summary.missing_rows += count
