@@ -438,6 +438,8 @@ class _ZoneScan:
         ctx.hmac_keyed += keyed
         if expect > 1:
             summary.head_seq, summary.head_sha256 = expect - 1, last
+            if summary.first_seq is None:  # the first row took the happy path: chain_seq 1
+                summary.first_seq = 1
         return summary
 
     # --------------------------------------------------------------- rare paths

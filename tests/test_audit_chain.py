@@ -363,6 +363,7 @@ def test_clean_restore_has_no_findings(clone: Clone, base: Base) -> None:
     assert sum(z.unsigned_rows for z in report.zones.values()) == 10  # dev-mode rows
     assert sum(z.hmac_checked for z in report.zones.values()) == base.rows - 10
     assert {z: (s.head_seq, s.head_sha256) for z, s in report.zones.items()} == base.heads
+    assert {s.first_seq for s in report.zones.values()} == {1}
     assert chain_heads(conn) == base.heads
     assert report.events_per_s > 0
 
@@ -478,6 +479,7 @@ def test_dropped_oldest_partition_is_retention_only(clone: Clone) -> None:
     assert kinds(report) == {"retention_hole": 3}, report.summary()
     assert report.ok
     assert report.retention == {UNVERIFIED: 3}
+    assert all(s.first_seq and s.first_seq > 1 for s in report.zones.values())
     assert all(UNVERIFIED in f.detail for f in report.findings)
     assert report.causes() == {"expected retention"}
     assert audit_partitions(conn)[0].name == "audit_events_y2026m02"
