@@ -68,7 +68,7 @@ def content_hash_parts(fields: Sequence[str], epoch_micros: int) -> str:
 
 def content_hash(
     *,
-    id: str,  # noqa: A002 - the column's name
+    id: str,
     zone_id: str,
     event_type: str,
     request_id: str | None,

@@ -149,7 +149,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
                 release = _release(spec.release, restored.databases["caracal"])
         with phases.phase("services") as ok:
             if ok:
-                assert restored is not None and opened is not None
+                assert restored is not None
+                assert opened is not None
                 services = _services(spec, stack, opened, restored, source_secrets, work, exits)
         yield RunState(
             release=release,

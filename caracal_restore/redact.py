@@ -14,7 +14,7 @@ _MIN_SECRET_LEN = 6
 
 
 def secret_forms(value: str | bytes) -> set[str]:
-    """Every printable form a secret can take in evidence: raw, hex, base64 (std/url), url-quoted."""
+    """Every printable form of a secret: raw, hex, base64 (std/url), url-quoted."""
     raw = value.encode() if isinstance(value, str) else bytes(value)
     forms: set[str] = set()
     try:

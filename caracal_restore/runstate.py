@@ -99,7 +99,9 @@ class RunState:
                                  "warnings": tuple(data["bundle"]["warnings"])})
             if data["bundle"] else None,
             restored_databases={k: PgEndpoint(**v) for k, v in data["restored_databases"].items()},
-            restored_redis=RedisEndpoint(**data["restored_redis"]) if data["restored_redis"] else None,
+            restored_redis=(
+                RedisEndpoint(**data["restored_redis"]) if data["restored_redis"] else None
+            ),
             restored_replay=data["restored_replay"],
             restore_timings=data["restore_timings"],
             restore_notes=tuple(data["restore_notes"]),

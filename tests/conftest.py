@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ def server_processes(*markers: Path | str) -> set[str]:
     ).stdout
     found = set()
     for line in out.splitlines():
-        pid, stat, args = (line.strip().split(None, 2) + ["", ""])[:3]
+        pid, stat, args = ([*line.strip().split(None, 2), "", ""])[:3]
         if not stat.startswith("Z") and any(str(m) in args for m in markers):
             found.add(f"{pid} {args}")
     return found

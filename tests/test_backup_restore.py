@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from caracal_restore.environments.stack import StackSpec, start_stack
 from caracal_restore.pipeline import PipelineSpec, run_pipeline
 from caracal_restore.reference.deployment import build_reference
 from caracal_restore.reference.generator import Volume
-from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
-"""Isolated environments: each provider starts, answers, refuses unsafe targets, and leaves nothing."""
+"""Isolated environments: providers start, answer, refuse unsafe targets, and leave nothing."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -27,7 +27,8 @@ def test_embedded_postgres_starts_answers_and_leaves_nothing(server_tmp: Path) -
         assert server_processes(server_tmp), "no server process names the data directory"
         facts = pg.server_facts()
         datadir = pg.datadir
-        assert datadir is not None and datadir.exists()
+        assert datadir is not None
+        assert datadir.exists()
         with pg.connect() as conn:
             conn.execute("CREATE EXTENSION pgcrypto")
             assert conn.execute("SELECT length(gen_random_bytes(32))").fetchone() == (32,)
@@ -52,7 +53,8 @@ def test_external_postgres_uses_unique_databases_and_refuses_non_empty_ones() ->
         dsn = owner.admin.url()
         with postgres.external(dsn) as ext:
             endpoint = ext.create_database("caracal")
-            assert endpoint.dbname.startswith("caracal_restore_") and endpoint.dbname != "caracal"
+            assert endpoint.dbname.startswith("caracal_restore_")
+            assert endpoint.dbname != "caracal"
             with psycopg.connect(endpoint.conninfo(), autocommit=True) as conn:
                 conn.execute("CREATE TABLE t (x int)")
             with pytest.raises(NotIsolated, match="already holds"):
@@ -94,7 +96,8 @@ def test_embedded_redis_starts_answers_and_leaves_nothing(tmp_path: Path) -> Non
         assert client.config_get("bind")["bind"] == "127.0.0.1"
         client.close()
         base = rs.datadir.parent if rs.datadir else None
-    assert base is not None and not base.exists()
+    assert base is not None
+    assert not base.exists()
     assert not server_processes(marker)
 
 
@@ -229,7 +232,8 @@ def test_interrupted_run_stops_every_process(server_tmp: Path) -> None:
     proc.wait(timeout=60)
     proc.stdout.close()
     assert not server_processes(*markers), "a server survived the interrupted run"
-    assert not Path(lines[0]).exists() and not Path(lines[1]).exists()
+    assert not Path(lines[0]).exists()
+    assert not Path(lines[1]).exists()
 
 
 FAILING_CHECK = """
@@ -248,7 +252,9 @@ def test_failing_run_stops_every_process(pytester: pytest.Pytester,
     scratch = Path(tempfile.mkdtemp(prefix="caracal-test-"))
     scratch.chmod(0o755)
     monkeypatch.setenv("TMPDIR", str(scratch))
-    pytester.makeconftest(f"pytest_plugins = {('fixtures.options', 'fixtures.controls', 'fixtures.evidence', 'fixtures.environment')!r}\n")
+    plugins = ("fixtures.options", "fixtures.controls", "fixtures.evidence",
+               "fixtures.environment")
+    pytester.makeconftest(f"pytest_plugins = {plugins!r}\n")
     pytester.mkpydir("checks")
     (pytester.path / "checks" / "assets").mkdir()
     (pytester.path / "checks" / "assets" / "__init__.py").write_text("")

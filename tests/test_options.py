@@ -1,4 +1,4 @@
-"""Options: precedence CLI > env > ini > default, usage errors with exit code 4, no secrets shown."""
+"""Options: precedence CLI > env > ini > default, usage errors exit 4, no secrets shown."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Isolated environments the suite restores into: PostgreSQL, Redis, an object store, a secret store.
+"""Isolated environments the suite restores into: PostgreSQL, Redis, object and secret stores.
 
 Each is a context manager with three providers (embedded, docker, external) chosen by name.
 """

@@ -170,7 +170,7 @@ class _Reaper:
         for _token, (name, stop) in reversed(items):
             try:
                 stop()
-            except Exception as exc:  # noqa: BLE001 - best effort at exit, keep stopping the rest
+            except Exception as exc:
                 log.warning("could not stop %s at exit: %s", name, exc)
 
     def pending(self) -> list[str]:
@@ -201,7 +201,7 @@ REAPER = _Reaper()
 
 @contextlib.contextmanager
 def supervised(name: str, stop: Callable[[], None]) -> Iterator[None]:
-    """Run ``stop`` when the block ends, at interpreter exit, or on SIGTERM, whichever comes first."""
+    """Run ``stop`` when the block ends, at interpreter exit or on SIGTERM, whichever is first."""
     token = REAPER.register(name, stop)
     try:
         yield
@@ -285,7 +285,7 @@ def run_tool(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a command-line tool, raising ``RuntimeError`` with its (redacted) stderr on failure."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(  # noqa: S603 - argv is built by the suite, never a shell
+    proc = subprocess.run(
         [str(a) for a in argv],
         env=full_env,
         user=user,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import datetime as dt
+import logging
 import secrets
 import shutil
 import tempfile
@@ -341,7 +341,9 @@ def docker(*, image: str = "minio/minio:latest") -> Iterator[ObjectStoreServer]:
 
 
 @contextlib.contextmanager
-def external(endpoint_url: str | None, *, allow_remote: bool = False) -> Iterator[ObjectStoreServer]:
+def external(
+    endpoint_url: str | None, *, allow_remote: bool = False
+) -> Iterator[ObjectStoreServer]:
     """A real S3 (or compatible) endpoint; credentials from the standard AWS chain."""
     if endpoint_url:
         from urllib.parse import urlparse

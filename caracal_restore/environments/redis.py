@@ -50,7 +50,7 @@ class RedisServer:
 
 def redis_server_version(binary: str) -> tuple[int, str]:
     """Major version and full version string of a redis-server binary."""
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
     ).stdout
     match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
@@ -115,7 +115,7 @@ def embedded(
         )
     )
     conf.chmod(0o600)
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [server, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
 
@@ -158,7 +158,9 @@ def docker(*, image: str = "redis:8") -> Iterator[RedisServer]:
 
     reason = docker_available()
     if reason:
-        raise EnvironmentNotReady(f"--redis-provider docker: {reason}; start Docker or use embedded")
+        raise EnvironmentNotReady(
+            f"--redis-provider docker: {reason}; start Docker or use embedded"
+        )
     from testcontainers.redis import RedisContainer
 
     password = secrets.token_hex(16)
