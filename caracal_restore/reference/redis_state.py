@@ -19,6 +19,19 @@ import psycopg
 import redis as redis_lib
 
 from caracal_restore.chainhash import producer_signature, stream_signature, unix_nanos
+
+# The verifier's reading of Redis lives in the library; re-exported for the reference's users.
+from caracal_restore.diagnose.revocation import (
+    RevocationCoverage as RevocationCoverage,
+)
+from caracal_restore.diagnose.revocation import as_text as _text
+from caracal_restore.diagnose.revocation import int_or_none as _int_or_none
+from caracal_restore.diagnose.revocation import (
+    revocation_coverage as revocation_coverage,
+)
+from caracal_restore.diagnose.revocation import snapshot as snapshot
+from caracal_restore.diagnose.revocation import stream_entries as stream_entries
+from caracal_restore.diagnose.revocation import stream_names as _stream_names
 from caracal_restore.profiles import StreamSpec
 from caracal_restore.reference.replay import undelivered_events, wire_json
 
@@ -430,176 +443,3 @@ def stream_state(client: Client, name: str) -> StreamState:
         for g in client.xinfo_groups(name)
     )
     return StreamState(name, int(info["length"]), _text(info["last-generated-id"]), groups)
-
-
-def _stream_names(client: Client) -> list[str]:
-    return sorted(_text(k) for k in client.scan_iter(_type="STREAM", count=1000))
-
-
-def snapshot(client: Client) -> dict[str, Any]:
-    """Every stream: type, length, ids, entries, groups with last-delivered-id, lag and PELs.
-
-    Only what a restore must preserve is included: consumer seen/active times are left out;
-    a PEL entry is (id, consumer, delivery time ms, delivery count). Values are text (bytes
-    decoded as UTF-8 with surrogateescape), so snapshots compare with ``==`` and serialise
-    with ``json.dumps``.
-    """
-    out: dict[str, Any] = {}
-    for name in _stream_names(client):
-        info = _as_map(client.execute_command("XINFO", "STREAM", name, "FULL", "COUNT", "0"))
-        groups = {}
-        for raw_group in info.get("groups") or []:
-            group = _as_map(raw_group)
-            groups[_text(group["name"])] = {
-                "last_delivered_id": _text(group["last-delivered-id"]),
-                "entries_read": _int_or_none(group.get("entries-read")),
-                "lag": _int_or_none(group.get("lag")),
-                "pel": [(_text(p[0]), _text(p[1]), int(p[2]), int(p[3]))
-                        for p in group.get("pending") or []],
-                "consumers": sorted(_text(_as_map(c)["name"])
-                                    for c in group.get("consumers") or []),
-            }
-        out[name] = {
-            "type": _text(client.type(name)),
-            "length": int(info["length"]),
-            "last_generated_id": _text(info["last-generated-id"]),
-            "max_deleted_entry_id": _text(info.get("max-deleted-entry-id", "")),
-            "entries_added": _int_or_none(info.get("entries-added")),
-            "entries": [(_text(e[0]), _decode(_as_map(e[1]))) for e in info.get("entries") or []],
-            "groups": groups,
-        }
-    return out
-
-
-def stream_entries(client: Client, stream: str) -> list[tuple[str, dict[str, str]]]:
-    """All entries of a stream as (id, fields) text pairs, read in pages."""
-    out: list[tuple[str, dict[str, str]]] = []
-    start = "-"
-    while True:
-        page: Any = client.xrange(stream, min=start, max="+", count=_PAGE)
-        out.extend((_text(i), _decode(f or {})) for i, f in page or [])
-        if len(page or []) < _PAGE:
-            return out
-        start = "(" + out[-1][0]
-
-
-# ------------------------------------------------------------------- §5.4 invariant (06.21)
-
-
-@dataclasses.dataclass(frozen=True)
-class RevocationCoverage:
-    """How one revocation outbox row carrying a ``session_id`` is accounted for."""
-
-    outbox: str  # "event_outbox" or "caracal_outbox"
-    outbox_id: str
-    session_id: str
-    session_status: str | None
-    #: revoked | expired | pending | undelivered | outbox-pending | acked | missing |
-    #: outbox-dead
-    state: str
-
-    @property
-    def holds(self) -> bool:
-        """True when the row satisfies FACTS-2026.06 §5.4 (an expired session is benign)."""
-        return self.state in {"revoked", "expired", "pending", "undelivered", "outbox-pending"}
-
-
-def revocation_coverage(
-    conn: psycopg.Connection[Any], client: Client
-) -> list[RevocationCoverage]:
-    """Classify every revocation outbox row with a session_id against sessions and Redis.
-
-    A row holds when ``sessions[X].status='revoked'``, or its entry (matched on
-    ``outbox_id``) is still undelivered or pending for ``sts-revocation``, or the row itself
-    is not yet published (its dispatcher will publish it); an ``expired`` session can no
-    longer be used (FACTS-1.0 §20 S4.2). ``acked``, ``missing`` (published but not in Redis)
-    and ``outbox-dead`` rows whose session is still active are violations.
-    """
-    rows = conn.execute(
-        "SELECT 'event_outbox', o.id::text, o.payload_json->>'session_id', s.status,"
-        " CASE WHEN o.dispatched_at IS NOT NULL THEN 'published'"
-        " WHEN o.available_at = 'infinity' THEN 'dead' ELSE 'pending' END"
-        " FROM event_outbox o LEFT JOIN sessions s ON s.id = o.payload_json->>'session_id'"
-        " WHERE o.stream_name = %s AND o.payload_json ? 'session_id'"
-        " UNION ALL "
-        "SELECT 'caracal_outbox', o.id::text, o.payload_json->>'session_id', s.status, o.status"
-        " FROM caracal_outbox o LEFT JOIN sessions s ON s.id = o.payload_json->>'session_id'"
-        " WHERE o.topic = %s AND o.producer = 'coordinator' AND o.payload_json ? 'session_id'"
-        " ORDER BY 1, 2",
-        (REVOKE_STREAM, REVOKE_STREAM),
-    ).fetchall()
-    where = _entry_positions(client)
-    out = []
-    for table, outbox_id, session_id, status, outbox_state in rows:
-        if status in {"revoked", "expired"}:
-            state = status
-        elif outbox_state == "pending":
-            state = "outbox-pending"
-        elif outbox_state == "dead":
-            state = "outbox-dead"
-        else:
-            state = where.get(outbox_id, "missing")
-        out.append(RevocationCoverage(table, outbox_id, session_id, status, state))
-    return out
-
-
-def _entry_positions(client: Client) -> dict[str, str]:
-    """outbox_id -> pending | undelivered | acked for the sts-revocation group."""
-    if not client.exists(REVOKE_STREAM):
-        return {}
-    groups = {_text(g["name"]): g for g in client.xinfo_groups(REVOKE_STREAM)}
-    if STS_GROUP not in groups:
-        last = (-1, -1)  # no group: nothing was ever delivered
-    else:
-        last = _id_key(_text(groups[STS_GROUP]["last-delivered-id"]))
-    pel: set[str] = set()
-    if STS_GROUP in groups:
-        start = "-"
-        while True:
-            batch = client.xpending_range(REVOKE_STREAM, STS_GROUP, start, "+", 1000)
-            pel |= {_text(p["message_id"]) for p in batch}
-            if len(batch) < 1000:
-                break
-            start = "(" + _text(batch[-1]["message_id"])
-    out = {}
-    for entry_id, fields in stream_entries(client, REVOKE_STREAM):
-        outbox_id = fields.get("outbox_id")
-        if outbox_id is None:
-            continue
-        if entry_id in pel:
-            out[outbox_id] = "pending"
-        elif _id_key(entry_id) > last:
-            out[outbox_id] = "undelivered"
-        else:
-            out.setdefault(outbox_id, "acked")
-    return out
-
-
-# --------------------------------------------------------------------------------- helpers
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    return str(value)
-
-
-def _as_map(value: Any) -> dict[str, Any]:
-    """A RESP3 map or a RESP2 flat pair list as a dict with text keys."""
-    if isinstance(value, Mapping):
-        return {_text(k): v for k, v in value.items()}
-    items = list(value)
-    return {_text(items[i]): items[i + 1] for i in range(0, len(items), 2)}
-
-
-def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in fields.items()}
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0))

@@ -1,0 +1,447 @@
+"""Symptom "Restored STS cannot decrypt keys" — the page's cause: ZONE_KEK does not match.
+
+Release 2026.06 seals with bare ChaCha20-Poly1305 under the 32 ZONE_KEK bytes: no key id, no
+header (FACTS-2026.06 §3.2). A KEK mismatch therefore shows only as failed opens, and is told
+apart from damaged rows by *how many* fail: every sealed value failing means the KEK is wrong;
+some failing while the KEK opens the others means those rows are damaged.
+
+Offline (``diagnose_offline``): open every sealed value with the restored KEK — ``secrets``
+(``ciphertext`` + ``nonce``; plaintext a P-256 ``EC PRIVATE KEY`` PEM), ``providers``
+(``secret_config_ct`` + ``secret_config_nonce``; JSON) and ``provider_grants`` (packed
+``access_token_ct`` / ``refresh_token_ct``) — and look for the silent trap: a zone whose
+signing-key rows are missing (STS would mint a new key on first signing and break every token
+issued before; §3.4), judged against the fingerprint's ``secrets`` table and the zones that
+have issued tokens.
+
+Online (``probe_jwks``, ``probe_canary_exchange``): the STS's JWKS per zone and a canary token
+exchange; ``500 signing key decryption failed`` and ``500 token issuance failed`` map to this
+symptom, and a key id the restored database never held means STS minted a new key.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import httpx
+import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from psycopg import sql
+
+from caracal_restore import envelope
+from caracal_restore.diagnose import SYMPTOM_KEK, Diagnosis, Finding
+from caracal_restore.diagnose._common import (
+    DiagnosticError,
+    error_of,
+    exists,
+    fingerprint_table,
+    table_digests,
+)
+
+Plaintext = Literal["ec-p256-pem", "json", "text"]
+
+#: ``secrets.name`` of a zone signing key, and the verification grace of the previous key.
+SIGNING_KEY_NAME = "zone_signing_key"
+GRACE = dt.timedelta(hours=24)
+
+
+@dataclasses.dataclass(frozen=True)
+class SealedColumn:
+    """One place release 2026.06 stores a value sealed under ZONE_KEK (FACTS-2026.06 §3.2)."""
+
+    id: str
+    table: str
+    ciphertext: str
+    #: Column of the 12-byte nonce; None for the packed layout nonce‖ct‖tag.
+    nonce: str | None
+    plaintext: Plaintext
+
+
+#: Every sealed location of release 2026.06, in the order the facts list them.
+SEALED_2026_06: tuple[SealedColumn, ...] = (
+    SealedColumn("secrets.ciphertext", "secrets", "ciphertext", "nonce", "ec-p256-pem"),
+    SealedColumn("providers.secret_config_ct", "providers", "secret_config_ct",
+                 "secret_config_nonce", "json"),
+    SealedColumn("provider_grants.access_token_ct", "provider_grants", "access_token_ct", None,
+                 "text"),
+    SealedColumn("provider_grants.refresh_token_ct", "provider_grants", "refresh_token_ct", None,
+                 "text"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenResult:
+    """The outcome of opening one sealed value (never its plaintext)."""
+
+    location: str
+    row_id: str
+    zone_id: str
+    #: opened | aead | layout | plaintext
+    outcome: str
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the value opened and holds what the location should hold."""
+        return self.outcome == "opened"
+
+
+def open_value(kek: bytes, column: SealedColumn, ciphertext: bytes | None,
+               nonce: bytes | None) -> tuple[str, str]:
+    """Open one stored value as STS/API would; returns (outcome, reason)."""
+    if ciphertext is None:
+        return "layout", "ciphertext is NULL while the row expects a sealed value"
+    try:
+        if column.nonce is None:
+            plain = envelope.zone_open_packed(kek, bytes(ciphertext))
+        else:
+            if nonce is None:
+                return "layout", "nonce is NULL"
+            plain = envelope.zone_open(kek, bytes(ciphertext), bytes(nonce))
+    except envelope.EnvelopeError as exc:
+        outcome = "aead" if "authentication failed" in str(exc) else "layout"
+        return outcome, str(exc)
+    return _check_plaintext(column.plaintext, plain)
+
+
+def _check_plaintext(kind: Plaintext, plain: bytes) -> tuple[str, str]:
+    """Does an opened value hold what its location should (values moved between columns open)?"""
+    if kind == "ec-p256-pem":
+        if not plain.startswith(b"-----BEGIN EC PRIVATE KEY-----"):
+            return "plaintext", "opened, but is not an EC PRIVATE KEY PEM block"
+        try:
+            key = serialization.load_pem_private_key(plain, password=None)
+        except (ValueError, TypeError):
+            return "plaintext", "opened, but the PEM does not parse"
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            return "plaintext", "opened, but is not a P-256 key"
+        return "opened", ""
+    if kind == "json":
+        try:
+            value = json.loads(plain.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "plaintext", "opened, but is not UTF-8 JSON"
+        if not isinstance(value, dict):
+            return "plaintext", "opened, but is not a JSON object"
+        return "opened", ""
+    try:
+        plain.decode()
+    except UnicodeDecodeError:
+        return "plaintext", "opened, but is not UTF-8 text"
+    return "opened", ""
+
+
+def open_all(conn: psycopg.Connection[Any], kek: bytes,
+             columns: Sequence[SealedColumn] = SEALED_2026_06) -> list[OpenResult]:
+    """Open every sealed value of every location (rows with no sealed value are skipped)."""
+    results: list[OpenResult] = []
+    for column in columns:
+        if not exists(conn, column.table):
+            continue
+        nonce = sql.Identifier(column.nonce) if column.nonce else sql.SQL("NULL::bytea")
+        query = sql.SQL(
+            "SELECT id::text, zone_id::text, {ct}, {nonce} FROM {table}"
+            " WHERE {ct} IS NOT NULL OR {nonce} IS NOT NULL ORDER BY zone_id, id"
+        ).format(ct=sql.Identifier(column.ciphertext), nonce=nonce,
+                 table=sql.Identifier(column.table))
+        for row_id, zone_id, ct, nc in conn.execute(query).fetchall():
+            outcome, reason = open_value(kek, column, ct, nc)
+            results.append(OpenResult(column.id, row_id, zone_id, outcome, reason))
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class SigningKeyRow:
+    """One zone signing key as the restored database holds it (sealed part left out)."""
+
+    kid: str
+    zone_id: str
+    version: int
+    created_at: dt.datetime
+
+
+def signing_keys(conn: psycopg.Connection[Any]) -> dict[str, list[SigningKeyRow]]:
+    """Signing-key rows per zone, active (highest version) first."""
+    out: dict[str, list[SigningKeyRow]] = collections.defaultdict(list)
+    if not exists(conn, "secrets"):
+        return {}
+    rows = conn.execute(
+        "SELECT id::text, zone_id::text, version, created_at FROM secrets WHERE name = %s"
+        " ORDER BY zone_id, version DESC, created_at DESC", (SIGNING_KEY_NAME,)).fetchall()
+    for kid, zone, version, created in rows:
+        out[zone].append(SigningKeyRow(kid, zone, int(version), created))
+    return dict(out)
+
+
+def verification_set(rows: Sequence[SigningKeyRow], now: dt.datetime) -> list[str]:
+    """Kids STS publishes for a zone: the active key, plus rank 2 while the active is < 24 h old."""
+    if not rows:
+        return []
+    if len(rows) >= 2 and now - rows[0].created_at < GRACE:
+        return [rows[0].kid, rows[1].kid]
+    return [rows[0].kid]
+
+
+# ------------------------------------------------------------------------------- offline
+
+
+def diagnose_offline(
+    conn: psycopg.Connection[Any],
+    kek_hex: str | None,
+    *,
+    fingerprint: Mapping[str, Any] | None,
+    lineage_table: str = "sessions",
+    expected_kids: Sequence[str] = (),
+    kek_secret: str = "zoneKek",
+) -> Diagnosis:
+    """Open every sealed value with the restored KEK and look for missing signing keys.
+
+    ``fingerprint`` is the source database's (None: internal consistency only);
+    ``expected_kids`` are signing key ids known to exist in the source (the canary's inputs).
+    """
+    findings: list[Finding] = []
+    notes: list[str] = []
+    observed: dict[str, Any] = {}
+    kek: bytes | None = None
+    if kek_hex is None:
+        findings.append(Finding("kek-unusable", f"secret {kek_secret}",
+                                "absent from the restored secret store: STS refuses to start "
+                                "(ZONE_KEK is required)"))
+    else:
+        try:
+            kek = envelope.parse_kek(kek_hex)
+        except envelope.EnvelopeError as exc:
+            findings.append(Finding("kek-unusable", f"secret {kek_secret}",
+                                    f"not a usable ZONE_KEK ({exc})"))
+    if kek is not None:
+        results = open_all(conn, kek)
+        findings += _classify_opens(results, observed)
+    else:
+        notes.append("sealed values not opened: no usable KEK")
+    keys = signing_keys(conn)
+    findings += _missing_signing_keys(conn, keys, fingerprint, lineage_table, expected_kids,
+                                      observed, notes)
+    observed["signing_keys_per_zone"] = {z: [k.kid for k in rows] for z, rows in keys.items()}
+    return Diagnosis(SYMPTOM_KEK, tuple(findings), observed, tuple(notes))
+
+
+def _classify_opens(results: list[OpenResult], observed: dict[str, Any]) -> list[Finding]:
+    """All fail: the KEK is wrong. Some fail: those rows are damaged."""
+    failed = [r for r in results if not r.ok]
+    per_location = collections.Counter(r.location for r in results)
+    observed["sealed_values"] = {
+        loc: {"rows": n, "failed": sum(1 for r in failed if r.location == loc)}
+        for loc, n in per_location.items()
+    }
+    observed["failed_opens"] = [dataclasses.asdict(r) for r in failed]
+    if not failed:
+        return []
+    undecryptable = [r for r in failed if r.outcome == "aead"]
+    if len(undecryptable) == len(results):
+        zones: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for r in failed:
+            zones[r.zone_id][r.location] += 1
+        return [
+            Finding("kek-mismatch", f"zone {zone}",
+                    "every sealed value fails to open under the restored ZONE_KEK ("
+                    + ", ".join(f"{n} {loc}" for loc, n in sorted(counts.items()))
+                    + "): chacha20poly1305: message authentication failed", zone)
+            for zone, counts in sorted(zones.items())
+        ]
+    return [
+        Finding("sealed-rows-corrupt", f"{r.location} row {r.row_id} (zone {r.zone_id})",
+                f"{r.reason}; {len(results) - len(failed)} of {len(results)} sealed values "
+                "open under the same KEK", r.zone_id)
+        for r in failed
+    ]
+
+
+def _missing_signing_keys(
+    conn: psycopg.Connection[Any],
+    keys: Mapping[str, list[SigningKeyRow]],
+    fingerprint: Mapping[str, Any] | None,
+    lineage_table: str,
+    expected_kids: Sequence[str],
+    observed: dict[str, Any],
+    notes: list[str],
+) -> list[Finding]:
+    """The silent trap: key rows the source had are gone, so STS would mint new ones."""
+    findings: list[Finding] = []
+    restored = {k.kid for rows in keys.values() for k in rows}
+    for kid in expected_kids:
+        if kid not in restored:
+            findings.append(Finding("signing-keys-missing", f"signing key {kid}",
+                                    "known to exist in the source, absent after restore"))
+    issuing: dict[str, int] = {}
+    if exists(conn, lineage_table):
+        issuing = dict(conn.execute(sql.SQL(
+            "SELECT zone_id::text, count(*) FROM {} GROUP BY zone_id ORDER BY zone_id"
+        ).format(sql.Identifier(lineage_table))).fetchall())
+    observed["token_lineage_rows_per_zone"] = issuing
+    for zone, sessions in sorted(issuing.items()):
+        if zone not in keys:
+            findings.append(Finding(
+                "signing-keys-missing", f"zone {zone}",
+                f"{sessions} {lineage_table} rows show STS issued tokens in this zone, but it has "
+                "no zone_signing_key row: STS would mint a new key on first signing and every "
+                "earlier token would stop verifying", zone))
+    source = fingerprint_table(fingerprint, "secrets")
+    if source is None:
+        notes.append("no source fingerprint: missing key rows judged from the zones that issued "
+                     "tokens only (internal consistency)")
+        return findings
+    now = table_digests(conn, ["secrets"]).get("secrets", {"rows": 0, "sha256": None})
+    observed["secrets_table"] = {"source": source, "restored": now}
+    if now["rows"] < source["rows"]:
+        named = {f.zone_id for f in findings if f.zone_id}
+        findings.append(Finding(
+            "signing-keys-missing", "table secrets",
+            f"{source['rows'] - now['rows']} of the source's {source['rows']} rows are missing "
+            f"after restore" + (f" (zones without keys: {', '.join(sorted(named))})" if named
+                                else "")))
+    elif now["sha256"] != source["sha256"] and not any(f.cause == "signing-keys-missing"
+                                                       for f in findings):
+        notes.append(f"secrets: {now['rows']} rows, content differs from the source "
+                     f"(rows damaged or replaced: see the open results)")
+    return findings
+
+
+# -------------------------------------------------------------------------------- online
+
+
+def probe_jwks(
+    client: httpx.Client,
+    sts_url: str,
+    keys: Mapping[str, list[SigningKeyRow]],
+    zones: Sequence[str],
+    *,
+    offline: Diagnosis | None = None,
+    now: dt.datetime | None = None,
+) -> Diagnosis:
+    """GET the JWKS of every zone; compare with the restored verification set of each.
+
+    ``keys`` are the restored (pristine) rows, so a key the STS minted after the restore shows
+    as a key id the restore never held.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    all_kids = {k.kid for rows in keys.values() for k in rows}
+    findings: list[Finding] = []
+    observed: dict[str, Any] = {}
+    for zone in zones:
+        expected = verification_set(keys.get(zone, []), now)
+        reply = client.get(f"{sts_url.rstrip('/')}/.well-known/jwks.json",
+                           params={"zone_id": zone})
+        status, description = error_of(reply)
+        seen: list[str] = []
+        if status == 200:
+            seen = [str(k.get("kid")) for k in reply.json().get("keys", [])]
+        observed[zone] = {"status": status, "description": "" if status == 200 else description,
+                          "published_kids": seen, "restored_verification_set": expected}
+        if status == 200:
+            findings += _jwks_kids(zone, expected, seen, all_kids, offline)
+        elif status == 500 and description == "signing key decryption failed":
+            findings.append(Finding(_kek_cause(offline), f"JWKS of zone {zone}",
+                                    "500 signing key decryption failed: no key of the zone opens "
+                                    "under the STS's ZONE_KEK", zone))
+        elif status == 404 and description == "zone signing key not found":
+            if expected:
+                findings.append(Finding("signing-keys-missing", f"JWKS of zone {zone}",
+                                        "404 zone signing key not found although the restore "
+                                        f"holds {len(expected)} key(s)", zone))
+        else:
+            raise DiagnosticError(f"JWKS of zone {zone}: unexpected {status} {description!r}")
+    return Diagnosis(SYMPTOM_KEK, tuple(findings), observed)
+
+
+def _kek_cause(offline: Diagnosis | None) -> str:
+    """The online failure's cause: the offline diagnosis refines 'cannot decrypt'."""
+    if offline is not None and offline.of("sealed-rows-corrupt") and not offline.of(
+            "kek-mismatch", "kek-unusable"):
+        return "sealed-rows-corrupt"
+    return "kek-mismatch"
+
+
+def _jwks_kids(zone: str, expected: Sequence[str], seen: Sequence[str], all_kids: set[str],
+               offline: Diagnosis | None) -> list[Finding]:
+    findings = []
+    skipped = [k for k in expected if k not in seen]
+    if skipped:
+        findings.append(Finding(_kek_cause(offline), f"JWKS of zone {zone}",
+                                f"restored key(s) {', '.join(skipped)} are not published: STS "
+                                "skipped them as undecryptable", zone))
+    minted = [k for k in seen if k not in all_kids]
+    if minted:
+        findings.append(Finding("signing-keys-missing", f"JWKS of zone {zone}",
+                                f"published key(s) {', '.join(minted)} were never in the restored "
+                                "database: STS minted a new key", zone))
+    return findings
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryExchange:
+    """The canary exchange's observable outcome (the token itself is not kept)."""
+
+    status: int
+    description: str
+    kid: str | None
+    request_id: str
+
+
+def canary_exchange(client: httpx.Client, sts_url: str, *, zone_id: str, application_id: str,
+                    client_secret: str, resource: str) -> CanaryExchange:
+    """The minimal token exchange of FACTS-2026.06 §7.2 (client credentials, one resource)."""
+    request_id = f"caracal-restore-{uuid.uuid4()}"
+    reply = client.post(
+        f"{sts_url.rstrip('/')}/oauth/2/token",
+        data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+              "zone_id": zone_id, "application_id": application_id,
+              "client_secret": client_secret, "resource": resource},
+        headers={"X-Request-Id": request_id},
+    )
+    status, description = error_of(reply)
+    kid = None
+    if status == 200:
+        token = str(reply.json().get("access_token", ""))
+        kid = _kid_of(token)
+    return CanaryExchange(status, "" if status == 200 else description, kid, request_id)
+
+
+def _kid_of(token: str) -> str | None:
+    import base64
+
+    head = token.split(".", 1)[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, json.JSONDecodeError):
+        return None
+    return str(header.get("kid")) if isinstance(header, dict) and header.get("kid") else None
+
+
+def probe_canary_exchange(exchange: CanaryExchange, zone_id: str,
+                          keys: Mapping[str, list[SigningKeyRow]], *,
+                          offline: Diagnosis | None = None) -> Diagnosis:
+    """Map the canary exchange's outcome to this symptom's causes."""
+    observed = dataclasses.asdict(exchange)
+    restored = {k.kid for k in keys.get(zone_id, [])}
+    observed["restored_kids_of_zone"] = sorted(restored)
+    findings: list[Finding] = []
+    if exchange.status == 200:
+        if exchange.kid not in restored:
+            findings.append(Finding("signing-keys-missing", f"canary token of zone {zone_id}",
+                                    f"signed with kid {exchange.kid}, which the restored database "
+                                    "never held: STS minted a new signing key", zone_id))
+    elif exchange.status == 500 and exchange.description == "token issuance failed":
+        findings.append(Finding(_kek_cause(offline), f"canary exchange in zone {zone_id}",
+                                "500 token issuance failed: the active signing key does not open "
+                                "under the STS's ZONE_KEK", zone_id))
+    else:
+        raise DiagnosticError(
+            f"the canary exchange failed for a reason outside this symptom: {exchange.status} "
+            f"{exchange.description!r} (request {exchange.request_id})")
+    return Diagnosis(SYMPTOM_KEK, tuple(findings), observed)
