@@ -62,6 +62,8 @@ class PipelineSpec:
     pg_bindir: Path | None = None
     cache_dir: Path | None = None
     redis_binary: str | None = None
+    #: Release of the reference source (``auto`` = 2026.06, the primary target; ``1.0``).
+    reference_release: str = "2026.06"
 
 
 class _Phases:
@@ -151,7 +153,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             if ok:
                 assert restored is not None
                 assert opened is not None
-                services = _services(spec, stack, opened, restored, source_secrets, work, exits)
+                services = _services(spec, stack, opened, restored, source_secrets, work, exits,
+                                     release=release)
         yield RunState(
             release=release,
             source_kind=spec.source,
@@ -181,7 +184,15 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
 
     archive = stack.objects.bucket(spec.archive_bucket, create=True, object_lock=True)
     volume = Volume(zones=spec.zones, audit_events=spec.audit_events)
-    deployment = exits.enter_context(build_reference(
+    # Release 1.0 reference (a minimal switch: build_reference_1_0 has the same contract).
+    release = reference_release(spec)
+    build: Any = build_reference
+    if release == "1.0":
+        from caracal_restore.reference.v1_0.deployment import build_reference_1_0
+
+        build = build_reference_1_0
+    sessions_table, agents_table = fp.RELEASE_TABLES[release]
+    deployment = exits.enter_context(build(
         archive=archive, seed=spec.seed, volume=volume, workdir=spec.workdir, keep=spec.keep,
         pg_bindir=spec.pg_bindir, cache_dir=spec.cache_dir, redis_binary=spec.redis_binary,
     ))
@@ -190,7 +201,8 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
     client = deployment.redis.client()
     try:
         def hook(db: str, conn: psycopg.Connection[Any]) -> Mapping[str, Any]:
-            return fp.take_fingerprint(conn, redis_client=None)
+            return fp.take_fingerprint(conn, redis_client=None, sessions_table=sessions_table,
+                                       agents_table=agents_table)
 
         archive_path = bundles.take_backup(
             out, pg_admin=deployment.pg.admin, tools=deployment.pg.tools,
@@ -212,6 +224,11 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
     key = archive_path.name
     store.put(key, archive_path.read_bytes(), if_none_match=True)
     return deployment, f"s3://{BACKUP_BUCKET}/{key}", identity
+
+
+def reference_release(spec: PipelineSpec) -> str:
+    """The release of the reference source: ``1.0`` when asked, else 2026.06 (``auto`` too)."""
+    return "1.0" if spec.reference_release == "1.0" else "2026.06"
 
 
 def _new_identity(work: Path) -> tuple[Path, str]:
@@ -254,13 +271,19 @@ def _bundle_info(b: bundles.Bundle) -> BundleInfo:
 
 def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
               restored: RestoredEnvironment, secrets: Mapping[str, str], work: Path,
-              exits: contextlib.ExitStack) -> ServicesInfo:
+              exits: contextlib.ExitStack, *, release: str = "2026.06") -> ServicesInfo:
     """Services for the live checks, on a writable copy so the restored data stays pristine."""
     if spec.services == "none":
         return ServicesInfo(mode="none")
     if spec.services == "external":
         return ServicesInfo(mode="external", sts_url=spec.sts_url, gateway_url=spec.gateway_url)
     from caracal_restore.reference.deployment import start_services
+
+    start: Any = start_services
+    if release == "1.0":  # the 1.0 reference services for 1.0 data
+        from caracal_restore.reference.v1_0.deployment import start_services_1_0
+
+        start = start_services_1_0
 
     source = restored.databases["caracal"]
     live_name = stack.pg.database_name("caracal_live")
@@ -284,7 +307,7 @@ def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
         else:
             dest.mkdir(parents=True)
         replay[service] = dest
-    running = exits.enter_context(start_services(
+    running = exits.enter_context(start(
         db=live_db, redis=live_redis.endpoint, secrets=secrets, replay=replay))
     return ServicesInfo(
         mode="reference", sts_url=running.sts_url, gateway_url=running.gateway_url,

@@ -6,7 +6,13 @@ secrets §8) or, where that file says "same as HEAD", from ``FACTS-1.0.md`` (str
 
 from __future__ import annotations
 
-from caracal_restore.profiles import Profile, SecretSpec, StreamSpec
+from caracal_restore.profiles import (
+    Profile,
+    ReferenceSpec,
+    SealedSpec,
+    SecretSpec,
+    StreamSpec,
+)
 
 #: The 47 ledger versions of a correct 06.21 install, in sort order (FACTS-2026.06 §1.2).
 MIGRATIONS: tuple[str, ...] = (
@@ -199,6 +205,182 @@ RETENTION_DEFAULTS: tuple[tuple[str, int], ...] = (
     ("OUTBOX_STREAM_MAXLEN", 100_000),
 )
 
+#: HTTP surfaces of the step-5 records at 06.21 (FACTS-2026.06 §11, FACTS-1.0 §4.10).
+RECORD_SURFACES: tuple[tuple[str, str], ...] = (
+    ("audit_query", "API GET /v1/zones/{z}/audit?request_id=<id> and "
+     "/v1/zones/{z}/audit/by-request/{id} (admin bearer; chain columns not returned); Audit "
+     "GET /api/audit/search?zone_id=&request_id= (needs AUDIT_ADMIN_TOKEN, 404 when unset)"),
+    ("policy_activation", "API GET /v1/zones/{z}/policy-sets/{id}/activation-status; STS "
+     "GET /internal/policy/status/{zone} (signed with GATEWAY_STS_HMAC_KEY)"),
+    ("gateway_bindings", "table rows + revision row; Gateway gauge "
+     "caracal_gateway_bindings_loaded (/metrics, METRICS_BEARER)"),
+    ("sessions", "API GET /v1/zones/{z}/sessions (STS sessions, admin bearer)"),
+    ("agents", "API GET /v1/zones/{z}/agent-sessions; Coordinator GET /zones/{z}/agents"),
+    ("delegations", "Coordinator GET /zones/{z}/delegations/active (bearer "
+     "CARACAL_COORDINATOR_TOKEN)"),
+)
+
+#: Table groups of the 06.21 schema compared with the source fingerprint (checklist step 1).
+TABLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("product", ("zones", "applications", "providers", "resources")),
+    ("keys", ("secrets", "provider_grants", "admin_tokens")),
+    ("policies", ("policies", "policy_versions", "policy_sets", "policy_set_versions",
+                  "policy_set_bindings")),
+    ("grants", ("delegated_grants",)),
+    ("sessions", ("sessions", "step_up_challenges")),
+    ("agents", ("agent_sessions", "agent_topology", "agent_services", "agent_invocations")),
+    ("delegations", ("delegation_edges", "delegation_graph_epochs")),
+    ("outboxes", ("event_outbox", "caracal_outbox")),
+    ("gateway", ("gateway_resource_bindings", "gateway_binding_revision")),
+    ("audit", ("audit_events", "audit_ingest_alerts", "audit_chain_rehash",
+               "audit_export_watermark")),
+    ("admin-audit", ("admin_audit_events",)),
+    ("ledger", ("schema_migrations",)),
+)
+
+#: References restored data must resolve (FACTS-1.0 §20 A1.7 in 06.21 names, §2.5-2.7); the
+#: gateway bindings have no FK and are checked by the "Gateway cannot route" symptom instead.
+REFERENCES: tuple[ReferenceSpec, ...] = (
+    ReferenceSpec("agent_sessions", ("zone_id", "subject_session_id"), "sessions",
+                  ("zone_id", "id")),
+    ReferenceSpec("delegation_edges", ("zone_id", "source_session_id"), "agent_sessions",
+                  ("zone_id", "id")),
+    ReferenceSpec("delegation_edges", ("zone_id", "target_session_id"), "agent_sessions",
+                  ("zone_id", "id")),
+    ReferenceSpec("resources", ("zone_id", "credential_provider_id"), "providers",
+                  ("zone_id", "id")),
+    ReferenceSpec("policy_set_bindings", ("active_version_id",), "policy_set_versions", ("id",)),
+    ReferenceSpec("policy_set_versions", ("policy_set_id",), "policy_sets", ("id",)),
+    ReferenceSpec("policy_versions", ("policy_id",), "policies", ("id",)),
+    ReferenceSpec("sessions", ("parent_id",), "sessions", ("id",)),
+    ReferenceSpec("secrets", ("zone_id",), "zones", ("id",)),
+)
+
+#: Everything sealed under ZONE_KEK at 06.21 (FACTS-2026.06 §3.2).
+SEALED_LOCATIONS: tuple[SealedSpec, ...] = (
+    SealedSpec("signing-keys", "secrets", "ciphertext", "nonce", "ec-p256-pem"),
+    SealedSpec("provider-secret-configs", "providers", "secret_config_ct",
+               "secret_config_nonce", "json"),
+    SealedSpec("provider-grant-access-tokens", "provider_grants", "access_token_ct", "", "text"),
+    SealedSpec("provider-grant-refresh-tokens", "provider_grants", "refresh_token_ct", "",
+               "text"),
+)
+
+#: Streams whose producers sign every entry with ``_sig`` (FACTS-1.0 §20 A2.3, §11.3).
+SIGNED_STREAMS: tuple[str, ...] = (
+    "caracal.sessions.revoke",
+    "caracal.policy.invalidate",
+    "caracal.keys.invalidate",
+    "caracal.agents.lifecycle",
+    "caracal.delegations.invalidate",
+    "caracal.invocations.lifecycle",
+)
+
+#: Derived secret files (FACTS-2026.06 §8); Helm appends ``?sslmode=<mode>`` to databaseUrl.
+DERIVED_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("databaseUrl",
+     "postgres://{pg_user}:{postgresPassword}@{pg_host}:{pg_port}/{pg_db}{sslmode_query}"),
+    ("redisUrl", "redis://:{redisPassword}@{redis_host}:{redis_port}"),
+)
+
+#: SHA-256 of every ``.up.sql`` at the tag (FACTS-2026.06 Appendix A.1, computed by the
+#: facts' authors: the release ships no manifest), as (file name, sha256).
+APPENDIX_A1: tuple[tuple[str, str], ...] = (
+    ("0001_init.up.sql", "50220a56d1b391fe983b79ff72ab0a0563faa837d5d1f86c69cc4c37c1436e9b"),
+    ("0002_roles.up.sql", "fda47a6dbf953dcf484d8ec6411489b15a540c375679fc0316f6f8b4fd3ad952"),
+    ("0003_audit_hash.up.sql", "4513de1b3dbc6a2775bcd8e302791f70a454ce6aaa8130df8d7ef966b28f16af"),
+    ("0004_grant_version.up.sql",
+     "71462db0e1c13ef76c46cd74019a4cb131c5f5267ae36357a0a4a790d13b4add"),
+    ("0005_delegation_edges.up.sql",
+     "a258efd72a0e91ad9694dc51ace286c91ca7b82554544af7e418440a3f7a1a0b"),
+    ("0006_agent_services_outbox.up.sql",
+     "a5e86a074a3eab628bfb9df9d4e300d11bdeb61e8f1daefd526fe5fcba1681f4"),
+    ("0007_agent_invocations.up.sql",
+     "ac1cf73aff7642bb21c886b854f10f22e15a4fa5f435b6cdb51b557320ae10fc"),
+    ("0008_domain_integrity.up.sql",
+     "871f5a1a73744a6aff496e84c98a4abd4f6a245fb1a2125046c92e2eb1c07048"),
+    ("0009_api_hardening.up.sql",
+     "6baa19aaab935140579b68d5b618b3e86419bd2d345e8f7e4f950b4144b9fe08"),
+    ("0010_tenant_fks_archive.up.sql",
+     "0843427c320d3a8a4cd9983d32c176aca4e402e661b3f9e9739e97c3d1e90d83"),
+    ("0011_audit_hardening.up.sql",
+     "0ee1ca4a5c160907816abfd829d19eed7f7f24ff7c340c66e0a272307fb19781"),
+    ("0012_sts_hardening.up.sql",
+     "1da975a593d67feaaecafb7d2eb66ca2cada39add18c73fa8c3b66dda0424b06"),
+    ("0013_provider_secret_config.up.sql",
+     "41632094fe5b897b379e9dd400755b77c9392e4ef6cc8e20d34b9f33c8bd7503"),
+    ("0014_gateway_bindings.up.sql",
+     "d316e6f23235df103ad902474729578b33bc126db96b87b26cf5c1ff11c0cf2e"),
+    ("0015_gateway_binding_appid.up.sql",
+     "41c23a6a445ea63a51a3a37c4663cc26bc36c06a93c0d9823df98c160689a611"),
+    ("0016_rls_zones.up.sql", "935275dd43a0ebe176bf0953ead56827ee10b013432c72d02b6b26cce5e09f08"),
+    ("0017_agent_sessions_updated_at.up.sql",
+     "532d2959a38c13fa33ff0752f7aa94bea3630f9600ce24722c91f2346e4063f2"),
+    ("0018_agent_sessions_subject_session_id.up.sql",
+     "9a55d7f92668aed77a2e9f198f5fdad9fdd2c05edd70a58b0ab57974ace871fc"),
+    ("0019_providers_provider_kind.up.sql",
+     "8cbdf2b03519cd40c4614faa5a3970985a30e3c01b1b26d7c9a8891e102f1085"),
+    ("0020_step_up_approver.up.sql",
+     "68cee59811309371cd4aae6e4f39305c4875fa9fe2f0dfee2cd08dfbf2b3093b"),
+    ("0021_rls_zones_failclosed.up.sql",
+     "5f5a6faee86d70f9f441872ce340476153e991d3f659253fd7b52e7088496628"),
+    ("0022_gateway_binding_zone_key.up.sql",
+     "c08aa6f64b4c0d93479ee4a7e06dc826b086daf0f60f64792b899c829783ef70"),
+    ("0023_agent_session_kind.up.sql",
+     "678b4772319a22899645786fc59e5b4555a7f55d26e20e8e3531873d233f6078"),
+    ("0024_agent_session_lease.up.sql",
+     "54b4e333242405444a029a3dfff356398033a3b62b20412d8845a034c8a5b1a2"),
+    ("0025_admin_token_argon2.up.sql",
+     "9dec97e0d4a3bca35d0264628af744836d1ee115e1084482bfa1522ede0e42f5"),
+    ("0026_gateway_binding_revision.up.sql",
+     "cc1b6ea531c24780163ad238d6155e65ccd9bc18e5c9493c98315c594f5595d0"),
+    ("0027_zone_surface_cleanup.up.sql",
+     "73017fdb10120a0cd389934ab51335e64da0bf70d7c9d905d86832cc534e026a"),
+    ("0028_application_surface_cleanup.up.sql",
+     "79959586f99479161937a5e637e4ee52a1ee0830d328ec1e7e5377e8e1ce4c86"),
+    ("0029_application_internal_cleanup.up.sql",
+     "f17a9a0f90fcb34fbeaa1c8b648b842eac1510e8f727b281a81cbc232de09a18"),
+    ("0030_dcr_identity_hardening.up.sql",
+     "50e6c7d53f7c3e488a78284d8a9edb59a4d6370055f5fe2dd9f6120d08ee7872"),
+    ("0031_dcr_shutdown_flow.up.sql",
+     "7d487e03a2da06e78e7ffd12354d0dfc3556386e23e0f9ac378fa72d4c3e2f45"),
+    ("0032_provider_surface_cleanup.up.sql",
+     "0430513b8c34ec05381efa0c7aff53ba6f5982dc9afc98c17e6e57e9ba808f9f"),
+    ("0033_resource_surface_cleanup.up.sql",
+     "48936e0fa0e633fe2204cad787a5c1e7352835d275e63a17f9cd20e64724bc68"),
+    ("0034_provider_grants.up.sql",
+     "7757b297d0a94261f6db699739c58beafe79051cdeb95fbfe707cd32e00b7609"),
+    ("0035_provider_caracal_mandate.up.sql",
+     "525767739581a36ba6f95c81bdc187af8a3814e31848bb86d790a0bf2ffaaa48"),
+    ("0036_provider_none_required_resources.up.sql",
+     "b01158d1cee8e57bc5fc526744a9d0008c11b472d31e320a995babfa7d86c426"),
+    ("0037_provider_grant_active_unique.up.sql",
+     "63d42c8fe59e3c5d9ce88d447f2563836bb3cfb4f7da233ded842c8f07dbc119"),
+    ("0038_provider_identifier_unique.up.sql",
+     "5e4227c160b9ff5554e52f2520f7ecbac7973c43027858d18373776cc3501131"),
+    ("0039_coordinator_resource_authority.up.sql",
+     "cb96dbc3641ab422ea7696a234dc8a89f636f90bb5677aeca64e65ee7d98cfd2"),
+    ("0040_delegation_parent_edge.up.sql",
+     "9085a4cd9e6085a0fec73151ec919e7df4d043d0667e77ff9497eea0c9bfd1cb"),
+    ("0041_drop_teams_invitations.up.sql",
+     "999d2b301bc714195daf55d1d8dff25c1bcb3f160ef0294d158cb10b0d97081d"),
+    ("0042_rename_agent_session_labels.up.sql",
+     "b7cc653fa10d56b01c6116ed641347f85e7cf93883967dcea0b90cd909eef250"),
+    ("0043_audit_agent_index.up.sql",
+     "72f38699c0764966611f80efc8b794c065c58856a9591ebd90c84c7558f28384"),
+    ("0044_agent_session_lifecycle.up.sql",
+     "7c436d506281426311e796a1d919c67ba6829338005844c9be03ddc9b281a3ae"),
+    ("0045_admin_audit_chain.up.sql",
+     "d9ed7778ee179c941e5e65ac75fe8e2a6d5984985beffe0ee8186ffff1146885"),
+    ("0046_agent_session_idempotency.up.sql",
+     "c6ba7e521c525522cb5e5b2557901592294f622adcf6ccfd5726fe5b451f3106"),
+    ("0047_audit_chain_rehash.up.sql",
+     "e039ac3b0f0a3c6026576b895b8f71d7c1feba393c1cb9c213ab40c78fe76880"),
+)
+
+#: Every table with RLS enabled at 06.21: verify.sh's 19 plus ``provider_grants``.
+RLS_ENABLED_TABLES: tuple[str, ...] = (*RLS_TABLES, "provider_grants")
+
 PROFILE = Profile(
     release="2026.06",
     probe_version="0001_init",
@@ -228,4 +410,61 @@ PROFILE = Profile(
     provider_credential_table="provider_grants",
     gateway_snapshot_agent_statuses=("suspended", "terminated"),
     coordinator_token_secret="caracalCoordinatorToken",
+    audit_table="audit_events",
+    metrics_bearer_secret="metricsBearer",
+    control_audience="caracal-control",
+    binding_table="gateway_resource_bindings",
+    binding_revision_table="gateway_binding_revision",
+    bindings_loaded_metric="caracal_gateway_bindings_loaded",
+    signing_key_table="secrets",
+    signing_key_name="zone_signing_key",
+    agent_record_tables=("agent_sessions", "agent_topology"),
+    delegation_record_tables=("delegation_edges", "delegation_graph_epochs"),
+    canary_mandate_use="session",
+    canary_scope="",
+    canary_exchange_event=("token_exchange", "allow", "complete"),
+    canary_request_event=("gateway_resource_request", "allow", "executed"),
+    record_surfaces=RECORD_SURFACES,
+    table_groups=TABLE_GROUPS,
+    references=REFERENCES,
+    one_active_policy_set_per_zone=False,
+    kek_format="zone-chacha20",
+    sealed_locations=SEALED_LOCATIONS,
+    signed_streams=SIGNED_STREAMS,
+    derived_templates=DERIVED_TEMPLATES,
+    db_owner="caracal",
+    audit_role="caracalaudit",
+    audit_partition_format="audit_events_y{year:04d}m{month:02d}",
+    audit_partition_months_ahead=3,
+    # ---- fields added with the 1.0 profile (FACTS-2026.06 §12, the 06.21 column) ----
+    migration_manifest=APPENDIX_A1,
+    migration_manifest_source="FACTS-2026.06 Appendix A.1 (computed; the release ships none)",
+    signing_key_column="ciphertext",
+    lineage_revocation_columns=("status",),
+    agent_revocation_columns=("status", "terminated_at"),
+    agent_started_column="spawned_at",
+    gateway_revocation_group_start="0",
+    gateway_revocation_group_per_host=False,
+    ready_reasons_sts=("postgres_unreachable", "redis_unavailable", "redis_unreachable",
+                       "audit_replay_unavailable", "stream_consumers_not_ready"),
+    ready_reasons_gateway=("bindings_unavailable", "postgres_unreachable", "redis_unreachable",
+                           "revocation_snapshot_stale", "audit_replay_unavailable",
+                           "sts_unavailable", "sts_unreachable"),
+    canary_flow="session-mandate",
+    mandate_uses=("session", "resource"),
+    gateway_nonce="request-id",
+    policy_format="rego-result",
+    sts_checks_manifest_sha=False,
+    outbox_retention_statuses=("published", "dead"),
+    delegation_retention_child_guard=False,
+    service_roles=("caracalsts", "caracalapi", "caracalaudit", "caracalcoordinator",
+                   "caracalgateway"),
+    service_roles_login=False,
+    db_identity="owner",
+    admin_audit_global_chain=False,
+    admin_audit_signed_by="none",
+    rls_enabled_tables=RLS_ENABLED_TABLES,
+    resource_routing_columns=("identifier", "upstream_url", "credential_provider_id", "scopes"),
+    pgcrypto_used=True,
+    postgres_min_major=15,
 )
