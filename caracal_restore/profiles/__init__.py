@@ -232,6 +232,11 @@ class Profile:
     #: Monthly audit partition names (``str.format`` with year, month) and months kept ahead.
     audit_partition_format: str = ""
     audit_partition_months_ahead: int = 0
+    #: Secret files of the database and Redis credentials (primary and derived).
+    pg_password_secret: str = ""
+    redis_password_secret: str = ""
+    database_url_secret: str = ""
+    redis_url_secret: str = ""
 
     def secret(self, name: str) -> SecretSpec:
         """The spec of one secret by file name."""

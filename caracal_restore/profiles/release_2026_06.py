@@ -436,6 +436,10 @@ PROFILE = Profile(
     audit_role="caracalaudit",
     audit_partition_format="audit_events_y{year:04d}m{month:02d}",
     audit_partition_months_ahead=3,
+    pg_password_secret="postgresPassword",
+    redis_password_secret="redisPassword",
+    database_url_secret="databaseUrl",
+    redis_url_secret="redisUrl",
     # ---- fields added with the 1.0 profile (FACTS-2026.06 §12, the 06.21 column) ----
     migration_manifest=APPENDIX_A1,
     migration_manifest_source="FACTS-2026.06 Appendix A.1 (computed; the release ships none)",
