@@ -482,4 +482,8 @@ PROFILE = Profile(
     audit_role="caracalaudit",
     audit_partition_format="audit_events_y{year:04d}m{month:02d}",
     audit_partition_months_ahead=3,
+    pg_password_secret="postgresPassword",
+    redis_password_secret="redisPassword",
+    database_url_secret="databaseUrl",
+    redis_url_secret="redisUrl",
 )
