@@ -9,4 +9,5 @@ pytest_plugins = (
     "fixtures.services",
     "fixtures.diagnostics",
     "fixtures.retention",
+    "fixtures.gate",
 )
