@@ -313,6 +313,7 @@ def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
         mode="reference", sts_url=running.sts_url, gateway_url=running.gateway_url,
         audit_url=running.audit_url, upstream_url=running.upstream_url, live_db=live_db,
         live_redis=live_redis.endpoint, live_replay={k: str(v) for k, v in replay.items()},
+        coordinator_url=getattr(running, "coordinator_url", None),
     )
 
 

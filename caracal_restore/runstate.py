@@ -56,6 +56,8 @@ class ServicesInfo:
     live_db: PgEndpoint | None = None
     live_redis: RedisEndpoint | None = None
     live_replay: dict[str, str] | None = None
+    #: Release 1.0's Coordinator (the protected-request flow needs it); None before 1.0.
+    coordinator_url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +148,7 @@ def _services(data: dict[str, Any]) -> ServicesInfo:
         live_db=PgEndpoint(**data["live_db"]) if data["live_db"] else None,
         live_redis=RedisEndpoint(**data["live_redis"]) if data["live_redis"] else None,
         live_replay=data["live_replay"],
+        coordinator_url=data.get("coordinator_url"),
     )
 
 

@@ -23,6 +23,7 @@ from argon2.low_level import Type, hash_secret_raw
 from psycopg import sql
 
 from caracal_restore import chainhash, envelope
+from caracal_restore.profiles import Profile
 from caracal_restore.profiles.release_2026_06 import PROFILE
 from caracal_restore.redact import REDACTOR
 from caracal_restore.reference import schema
@@ -202,16 +203,17 @@ class Context:
     """The seeded generator, the clock, the keys and every row built so far (by table)."""
 
     def __init__(self, *, seed: int, volume: Volume, secrets: Mapping[str, str],
-                 now: dt.datetime, canary_upstream_url: str) -> None:
+                 now: dt.datetime, canary_upstream_url: str, profile: Profile = PROFILE) -> None:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         self.seed = seed
         self.rng = random.Random(seed)
         self.volume = volume
         self.now = now.astimezone(UTC)
-        self.kek = envelope.parse_kek(secrets[PROFILE.kek_secret])
-        self.audit_key = chainhash.parse_hmac_key(secrets[PROFILE.audit_hmac_secret])
-        self.admin_token = secrets[PROFILE.admin_token_secret]
+        # ``profile`` names the KEK/HMAC/admin-token secret files (1.0 reuses this context).
+        self.kek = envelope.parse_kek(secrets[profile.kek_secret])
+        self.audit_key = chainhash.parse_hmac_key(secrets[profile.audit_hmac_secret])
+        self.admin_token = secrets[profile.admin_token_secret]
         self.canary_upstream_url = canary_upstream_url
         self.installed = installed_at(self.now, volume.months)
         self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)

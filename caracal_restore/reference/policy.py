@@ -119,3 +119,53 @@ def evaluate(
         rego_text,
         {"principal": {"id": application_id}, "resource": {"identifier": resource_identifier}},
     )
+
+
+# ------------------------------------------------------------------ release 1.0 (added)
+#
+# At 1.0 a zone's policies are data documents (FACTS-1.0 §14.3, §17): the admin SDK's
+# ``authorGrantsDocument`` shape, which the platform's decision contract reads::
+#
+#     # caracal:data-document
+#     package caracal.authz
+#     import rego.v1
+#     app_ids := {"<key>": "<application id>", ...}
+#     grants := {"<resource>": {"application": "<key>", "roles": {"<role>": [scopes]}}}
+#
+# ``render_data_document`` writes that shape (compact JSON values); ``parse_data_document``
+# reads it back, also accepting Rego object literals spread over lines with trailing commas.
+
+DATA_DOCUMENT_MARKER = "# caracal:data-document"
+_ASSIGN_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:=\s*", re.MULTILINE)
+_TRAILING_COMMA_RE = re.compile(r",(\s*[}\]])")
+
+
+def render_data_document(app_ids: Mapping[str, str],
+                         grants: Mapping[str, Mapping[str, Any]]) -> str:
+    """A data document granting ``grants`` to the applications of ``app_ids``."""
+    def compact(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    return (
+        f"{DATA_DOCUMENT_MARKER}\n"
+        f"package {PACKAGE}\n"
+        "import rego.v1\n"
+        f"app_ids := {compact(dict(app_ids))}\n"
+        f"grants := {compact(dict(grants))}\n"
+    )
+
+
+def parse_data_document(text: str) -> dict[str, Any] | None:
+    """The top-level ``name := value`` assignments of a data document (None if not one)."""
+    if not text.lstrip().startswith(DATA_DOCUMENT_MARKER) or not _PACKAGE_RE.search(text):
+        return None
+    matches = list(_ASSIGN_RE.finditer(text))
+    doc: dict[str, Any] = {}
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        raw = _TRAILING_COMMA_RE.sub(r"\1", text[match.end():end].strip())
+        try:
+            doc[match.group(1)] = json.loads(raw)
+        except ValueError:
+            return None
+    return doc

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import redis as redis_lib
+from psycopg import sql
 
 from caracal_restore.chainhash import producer_signature, stream_signature, unix_nanos
 
@@ -71,14 +72,15 @@ _PAGE = 10_000
 # ---------------------------------------------------------------------------- provisioning
 
 
-def provision(client: Client, streams: Sequence[StreamSpec] = STREAMS) -> None:
+def provision(client: Client, streams: Sequence[StreamSpec] = STREAMS,
+              runtime_groups: Sequence[tuple[str, str, str]] = RUNTIME_GROUPS) -> None:
     """Create the streams and groups (``$``, MKSTREAM, BUSYGROUP tolerated) and runtime groups."""
     for spec in streams:
         for group in spec.groups:
             _create_group(client, spec.name, group, "$")
         if spec.name == RATELIMIT_STREAM:
             client.xadd(RATELIMIT_STREAM, {"init": "1"}, maxlen=1, approximate=True)
-    for stream, group, start in RUNTIME_GROUPS:
+    for stream, group, start in runtime_groups:
         _create_group(client, stream, group, start)
 
 
@@ -168,6 +170,9 @@ def publish_state(
     audit_events: Iterable[Mapping[str, Any]] | None = None,
     audit_backlog: int = 6,
     audit_acked_tail: int = 5,
+    lineage_table: str = "sessions",
+    gateway_group: str = GATEWAY_GROUP,
+    coordinator_nulls: str | None = None,
 ) -> RedisStateSummary:
     """Publish the dispatched outbox rows, then let consumers read and acknowledge part of them.
 
@@ -184,14 +189,15 @@ def publish_state(
     ingestor has acknowledged the ingested ones and read about half of the rest.
     """
     ids = _IdClock(client)
-    published = _outbox_entries(conn)
+    published = _outbox_entries(conn, coordinator_nulls=coordinator_nulls)
     for entry in published:
         fields: dict[Any, Any] = dict(entry.fields)
         fields["_sig"] = stream_signature(streams_hmac_key, entry.stream, fields)
         client.xadd(entry.stream, fields, id=ids.next(entry.stream, entry.at),
                     maxlen=OUTBOX_MAXLEN, approximate=True)
-    revoked = _revoked_sessions(conn, published)
-    pel, tail = _consume_revocations(client, revoked, pending=pending, undelivered=undelivered)
+    revoked = _revoked_sessions(conn, published, lineage_table=lineage_table)
+    pel, tail = _consume_revocations(client, revoked, pending=pending, undelivered=undelivered,
+                                     gateway_group=gateway_group)
     _consume_other_streams(client, {e.stream for e in published})
     acked, backlog = _publish_audit(
         client, conn, ids, audit_hmac_key,
@@ -232,7 +238,8 @@ def _last_id(client: Client, stream: str) -> tuple[int, int]:
     return (int(ms), int(seq))
 
 
-def _outbox_entries(conn: psycopg.Connection[Any]) -> list[_Published]:
+def _outbox_entries(conn: psycopg.Connection[Any], *,
+                    coordinator_nulls: str | None = None) -> list[_Published]:
     """Dispatched API rows and published Coordinator rows, in publish order, as stream fields."""
     rows: list[_Published] = []
     api = conn.execute(
@@ -249,7 +256,7 @@ def _outbox_entries(conn: psycopg.Connection[Any]) -> list[_Published]:
         " WHERE status = 'published'"
     ).fetchall()
     for outbox_id, topic, dedupe_key, payload, at in coordinator:
-        fields = _flatten(payload)
+        fields = _flatten(payload, coordinator_nulls)
         fields["outbox_id"] = outbox_id
         fields["dedupe_key"] = dedupe_key
         rows.append(_Published(outbox_id, topic, at, fields))
@@ -257,8 +264,12 @@ def _outbox_entries(conn: psycopg.Connection[Any]) -> list[_Published]:
     return rows
 
 
-def _flatten(payload: Any) -> dict[str, str]:
-    """A flat payload as the dispatchers write it: every value as a string, nulls dropped."""
+def _flatten(payload: Any, nulls: str | None = None) -> dict[str, str]:
+    """A flat payload as the dispatchers write it: every value as a string.
+
+    JSON nulls are dropped, or written as ``nulls`` when given (the 1.0 Coordinator
+    publisher writes the string ``null``, as a real 1.0 bundle shows).
+    """
     if isinstance(payload, str):
         payload = json.loads(payload)
     if not isinstance(payload, Mapping):
@@ -266,6 +277,8 @@ def _flatten(payload: Any) -> dict[str, str]:
     fields: dict[str, str] = {}
     for key, value in payload.items():
         if value is None:
+            if nulls is not None:
+                fields[key] = nulls
             continue
         if isinstance(value, bool):
             fields[key] = "true" if value else "false"
@@ -278,19 +291,26 @@ def _flatten(payload: Any) -> dict[str, str]:
     return fields
 
 
-def _revoked_sessions(conn: psycopg.Connection[Any], published: list[_Published]) -> set[str]:
+#: Public name of the dispatchers' flattening (the 1.0 reference Coordinator publishes with it).
+flatten_payload = _flatten
+
+
+def _revoked_sessions(conn: psycopg.Connection[Any], published: list[_Published], *,
+                      lineage_table: str = "sessions") -> set[str]:
     wanted = sorted({e.fields["session_id"] for e in published
                      if e.stream == REVOKE_STREAM and "session_id" in e.fields})
     if not wanted:
         return set()
     rows = conn.execute(
-        "SELECT id FROM sessions WHERE status = 'revoked' AND id = ANY(%s)", (wanted,)
+        sql.SQL("SELECT id FROM {} WHERE status = 'revoked' AND id = ANY(%s)").format(
+            sql.Identifier(lineage_table)), (wanted,)
     ).fetchall()
     return {row[0] for row in rows}
 
 
 def _consume_revocations(
-    client: Client, revoked: set[str], *, pending: int, undelivered: int
+    client: Client, revoked: set[str], *, pending: int, undelivered: int,
+    gateway_group: str = GATEWAY_GROUP,
 ) -> tuple[list[str], list[str]]:
     """STS and Gateway read the revocation stream; return (PEL outbox ids, undelivered ones)."""
     entries = [e for e in stream_entries(client, REVOKE_STREAM) if "outbox_id" in e[1]]
@@ -302,7 +322,7 @@ def _consume_revocations(
         return [], [f["outbox_id"] for _, f in tail]
     _read_ids(client.xreadgroup(STS_GROUP, STS_CONSUMER, {REVOKE_STREAM: ">"},
                                 count=len(delivered)))
-    gateway_read = _read_ids(client.xreadgroup(GATEWAY_GROUP, GATEWAY_CONSUMER,
+    gateway_read = _read_ids(client.xreadgroup(gateway_group, GATEWAY_CONSUMER,
                                                {REVOKE_STREAM: ">"}, count=len(delivered)))
     # An entry whose session is not revoked yet must stay in the PEL: STS read it, then
     # stopped before RevokeSession committed (FACTS-2026.06 §5.4).
@@ -317,7 +337,7 @@ def _consume_revocations(
         client.xack(REVOKE_STREAM, STS_GROUP, *acked)
     # The Gateway marks everything it read and acknowledges all but its newest entry.
     if len(gateway_read) > 1:
-        client.xack(REVOKE_STREAM, GATEWAY_GROUP, *gateway_read[:-1])
+        client.xack(REVOKE_STREAM, gateway_group, *gateway_read[:-1])
     pel = [f["outbox_id"] for i, f in delivered if i in held]
     return pel, [f["outbox_id"] for _, f in tail]
 

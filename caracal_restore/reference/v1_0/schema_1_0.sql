@@ -879,7 +879,7 @@ GRANT SELECT, INSERT ON public.policy_set_versions TO caracalapi;
 GRANT SELECT ON public.zones, public.applications, public.resources, public.providers,
     public.policy_sets, public.policy_set_bindings, public.policy_set_versions,
     public.delegated_grants, public.sts_rate_limit, public.provider_connections,
-    public.workloads, public.subject_issuers TO caracalsts;
+    public.workloads, public.subject_issuers, public.delegation_graph_epochs TO caracalsts;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.step_up_challenges TO caracalsts;
 GRANT SELECT ON public.zones, public.applications, public.resources TO caracalcoordinator;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.coordinator_idempotency_receipts,
