@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
+import secrets
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -180,15 +182,21 @@ def test_offline_run_reports_live_checks_not_evaluated(run: PreparedRun) -> None
 
 
 @pytest.mark.slow
-def test_unreachable_sts_is_broken_not_failed(run: PreparedRun) -> None:
-    """STS pointed at a closed port: its /ready check and the canary are broken, naming it."""
+def test_unreachable_sts_is_broken_and_unready_gateway_failed(run: PreparedRun) -> None:
+    """STS at a closed port: broken, naming it; a Gateway answering 503: failed with its reason."""
     closed = f"http://127.0.0.1:{free_port()}"
-    state = dataclasses.replace(run.state, services=dataclasses.replace(
-        run.state.services, sts_url=closed))
-    outcomes = run_checks_on(state, "-k", "step4 or step6", workdir=run.workdir)
+    with clone_run(run, services=True) as clone:
+        with clone.connect() as conn:
+            conn.execute("DELETE FROM gateway_binding_revision")
+        state = dataclasses.replace(clone.state, services=dataclasses.replace(
+            clone.state.services, sts_url=closed))
+        # Both /ready rows wait out their deadline: run them side by side.
+        outcomes = run_checks_on(state, "-k", "step4 or step6", "-n", "2",
+                                 workdir=run.workdir)
     _check(outcomes, "test_service_answers_ready[RC-4.sts]", "broken", "STS", closed,
            "never answered /ready")
-    _check(outcomes, "test_service_answers_ready[RC-4.gateway]", "passed")
+    _check(outcomes, "test_service_answers_ready[RC-4.gateway]", "failed", "Gateway",
+           "503", "reason postgres_unreachable")
     for name in CANARY:
         _check(outcomes, name, "broken", "STS", closed)
 
@@ -224,6 +232,30 @@ def test_missing_signing_keys_are_caught_as_a_minted_key(run: PreparedRun) -> No
 
 
 @pytest.mark.slow
+def test_without_fingerprint_records_are_judged_by_internal_consistency(run: PreparedRun) -> None:
+    """A backup.sh bundle (no fingerprint): an orphaned binding is still caught, basis named."""
+    canary = run.state.canary
+    assert canary is not None
+    with clone_run(run) as clone:
+        with clone.connect() as conn:
+            conn.execute("UPDATE gateway_resource_bindings SET application_id = 'ghost-app'"
+                         " WHERE zone_id = %s AND resource_identifier = %s",
+                         (canary.zone_id, canary.resource_identifier))
+        bundle = clone.state.bundle
+        assert bundle is not None
+        state = dataclasses.replace(
+            clone.state, comparison_basis="internal consistency",
+            bundle=dataclasses.replace(bundle, has_fingerprint=False))
+        outcomes = run_checks_on(state, "-k", "step5", workdir=run.workdir)
+    bindings = "test_record_confirmed_on_restored_copy[RC-5.gateway-bindings]"
+    _check(outcomes, bindings, "failed", "internal consistency", "ghost-app",
+           "does not exist in that zone")
+    _others_pass({n: o for n, o in outcomes.items() if n in RESTORED}, bindings)
+    for name in SERVED:
+        _check(outcomes, name, "skipped", NOT_EVALUATED)
+
+
+@pytest.mark.slow
 def test_deleted_binding_fails_the_protected_request(run: PreparedRun) -> None:
     """The canary's binding deleted and the revision bumped: the Gateway answers 403."""
     canary = run.state.canary
@@ -242,3 +274,92 @@ def test_deleted_binding_fails_the_protected_request(run: PreparedRun) -> None:
     _check(outcomes, bindings, "failed", "binding revision", repr(canary.resource_identifier))
     _others_pass(outcomes, REQUEST, EVIDENCE, bindings)
 
+
+
+@pytest.mark.slow
+def test_lost_revocations_and_tampered_audit_row_fail_their_records(run: PreparedRun) -> None:
+    """One revoked session, stopped agent and revoked edge un-revoked, and an audit head row
+    altered: the sessions, agents, delegations and audit-query records each name theirs."""
+    zone = run.state.canary.zone_id  # type: ignore[union-attr]
+    with clone_run(run, services=True) as clone:
+        with clone.connect() as conn:
+            session = _one(conn, "UPDATE sessions SET status = 'active' WHERE id = (SELECT id"
+                           " FROM sessions WHERE status = 'revoked' ORDER BY id LIMIT 1)"
+                           " RETURNING id")
+            agent = _one(conn, "UPDATE agent_sessions SET status = 'active', terminated_at ="
+                         " NULL WHERE id = (SELECT id FROM agent_sessions WHERE status ="
+                         " 'terminated' ORDER BY id LIMIT 1) RETURNING id")
+            edge = _one(conn, "UPDATE delegation_edges SET status = 'active', revoked_at = NULL"
+                        " WHERE id = (SELECT id FROM delegation_edges WHERE status = 'revoked'"
+                        " ORDER BY id LIMIT 1) RETURNING id")
+            # The sample spans each zone's chain up to the source's head: alter that head.
+            head = _one(conn, "UPDATE audit_events SET decision = CASE decision WHEN 'allow'"
+                        " THEN 'deny' ELSE 'allow' END WHERE zone_id = %s AND chain_seq = %s"
+                        " RETURNING id", (zone, _source_head(run, zone)))
+        outcomes = run_checks_on(clone.state, "-k", "step5", workdir=run.workdir)
+    record = "test_record_confirmed_on_restored_copy[RC-5.{}]"
+    _check(outcomes, record.format("sessions"), "failed", session, "not after the restore")
+    _check(outcomes, record.format("agents"), "failed", agent, "not after the restore")
+    _check(outcomes, record.format("delegations"), "failed", edge, "not after the restore")
+    audit = "test_audit_query_returns_source_events[RC-5.audit-query]"
+    _check(outcomes, audit, "failed", head, "does not recompute")
+    _others_pass(outcomes, audit, *(record.format(r) for r in ("sessions", "agents",
+                                                               "delegations")))
+
+
+def _source_head(run: PreparedRun, zone: str) -> int:
+    """The source's last chain_seq of a zone, from the bundle's fingerprint."""
+    assert run.state.bundle is not None
+    data = json.loads((Path(run.state.bundle.root) / "fingerprint.json").read_text())
+    return int(data["databases"]["caracal"]["heads"][zone]["max_seq"])
+
+
+def _one(conn: Any, query: str, params: tuple[Any, ...] = ()) -> str:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return str(row[0])
+
+
+@pytest.mark.slow
+def test_stale_binding_map_fails_bindings_loaded(run: PreparedRun) -> None:
+    """A binding deleted without a revision bump: the running Gateway keeps its old map."""
+    canary = run.state.canary
+    assert canary is not None
+    with clone_run(run, services=True) as clone:
+        with clone.connect() as conn:
+            _one(conn, "DELETE FROM gateway_resource_bindings WHERE (zone_id, resource_identifier)"
+                 " = (SELECT zone_id, resource_identifier FROM gateway_resource_bindings WHERE"
+                 " zone_id <> %s ORDER BY 1, 2 LIMIT 1) RETURNING resource_identifier",
+                 (canary.zone_id,))
+        outcomes = run_checks_on(clone.state, "-k", "step5 or step6", workdir=run.workdir)
+    loaded = "test_gateway_loaded_restored_bindings[RC-5.bindings-loaded]"
+    bindings = "test_record_confirmed_on_restored_copy[RC-5.gateway-bindings]"
+    _check(outcomes, loaded, "failed", "caracal_gateway_bindings_loaded = 9",
+           "has 8 gateway_resource_bindings rows")
+    _check(outcomes, bindings, "failed", "gateway_resource_bindings: 9 rows in the source, 8")
+    _others_pass(outcomes, loaded, bindings)
+
+
+@pytest.mark.slow
+def test_services_signing_with_another_audit_key_fail_the_evidence(run: PreparedRun) -> None:
+    """Services started with an AUDIT_HMAC_KEY other than the restored one: the canary's rows
+    land, but their chain HMACs do not verify with the restored key."""
+    from caracal_restore.environments.base import PgEndpoint
+    from caracal_restore.reference.deployment import start_services
+
+    with clone_run(run) as clone:
+        store = clone.secrets()
+        values = {name: store.read(name) for name in store.names()}
+        wrong = dict(values, auditHmacKey=secrets.token_hex(32))
+        db = PgEndpoint(clone.db.host, clone.db.port, "caracal", clone.db.dbname,
+                        values["postgresPassword"])
+        redis = clone.state.restored_redis
+        assert redis is not None
+        with start_services(db=db, redis=redis, secrets=wrong, replay=clone.replay) as running:
+            state = dataclasses.replace(clone.state, services=ServicesInfo(
+                mode="reference", sts_url=running.sts_url, gateway_url=running.gateway_url,
+                audit_url=running.audit_url, upstream_url=running.upstream_url, live_db=db,
+                live_redis=redis, live_replay={k: str(v) for k, v in clone.replay.items()}))
+            outcomes = run_checks_on(state, "-k", "step6", workdir=run.workdir)
+    _check(outcomes, EVIDENCE, "failed", "chain_hmac does not verify with the restored")
+    _others_pass(outcomes, EVIDENCE)

@@ -54,7 +54,7 @@ def test_record_confirmed_on_restored_copy(row: RecordRow, profile: Profile,
 def test_audit_query_returns_source_events(
     row: RecordRow, live_services: ServicesInfo, profile: Profile, live_db: PgEndpoint,
     restored_conn: psycopg.Connection[Any], live_conn: psycopg.Connection[Any],
-    source_fingerprint: Mapping[str, Any] | None, audit_hmac_key: bytes,
+    source_fingerprint: Mapping[str, Any] | None, restored_audit_key: bytes,
 ) -> None:
     """RC-5 Querying the running deployment's audit log by request id returns the source's events.
 
@@ -63,7 +63,7 @@ def test_audit_query_returns_source_events(
     and chain HMAC recompute with the restored key); ids, decisions and chain columns must match.
     """
     finding = live.confirm_audit_query(
-        restored_conn, live_conn, profile, source_fingerprint, audit_hmac_key,
+        restored_conn, live_conn, profile, source_fingerprint, restored_audit_key,
         per_zone=AUDIT_SAMPLE_PER_ZONE, queried=live_db.where)
     evidence.json(f"{row.title}: through the services", finding.evidence())
     problems = finding.problems

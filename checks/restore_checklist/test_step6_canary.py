@@ -55,7 +55,7 @@ def test_protected_request_reaches_canary_upstream(canary_request: live.CanaryRe
          grade="demonstrated", severity=Severity.BLOCKER)
 def test_canary_audit_events_continue_restored_chain(
     canary_exchange: live.CanaryExchange, canary_request: live.CanaryRequest,
-    live_db: PgEndpoint, profile: Profile, audit_hmac_key: bytes,
+    live_db: PgEndpoint, profile: Profile, restored_audit_key: bytes,
 ) -> None:
     """RC-6.evidence The canary's audit events land and continue the zone's chain from the restore.
 
@@ -66,5 +66,5 @@ def test_canary_audit_events_continue_restored_chain(
     seen = live.await_canary_evidence(live_db.conninfo(), profile, canary_exchange,
                                       canary_request, timeout=EVIDENCE_DEADLINE_SECONDS)
     evidence.json("canary audit evidence", seen.evidence())
-    problems = live.evidence_problems(seen, profile, audit_hmac_key)
+    problems = live.evidence_problems(seen, profile, restored_audit_key)
     assert not problems, "; ".join(problems)
