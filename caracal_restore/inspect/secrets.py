@@ -446,8 +446,12 @@ def wrong_password() -> str:
 def redis_login(label: str, host: str, port: int, password: str | None) -> Login:
     """AUTH (or no AUTH with None) and PING a Redis server."""
     where = f"redis://{host}:{port}"
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # One attempt: redis-py retries a refused AUTH (it is a ConnectionError) by default.
     client = redis_lib.Redis(host=host, port=port, password=password, socket_timeout=10,
-                             socket_connect_timeout=10)
+                             socket_connect_timeout=10, retry=Retry(NoBackoff(), 0))
     try:
         pong = client.ping()
         return Login(label, where, bool(pong), "PONG" if pong else repr(pong))

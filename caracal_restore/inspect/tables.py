@@ -206,17 +206,15 @@ def read_dump(dump: Path, pg_restore: Path, *, capture: Iterable[str] = (),
     """
     contents = DumpContents({}, {}, {name: [] for name in capture})
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(
-            [str(pg_restore), "--file=-", str(dump)], stdout=subprocess.PIPE, stderr=errors,
-        )
-        try:
+        with subprocess.Popen([str(pg_restore), "--file=-", str(dump)],
+                              stdout=subprocess.PIPE, stderr=errors) as proc:
             assert proc.stdout is not None
-            _parse_dump(proc.stdout, contents)
-            code = proc.wait(timeout=timeout)
-        finally:
-            if proc.poll() is None:
+            try:
+                _parse_dump(proc.stdout, contents)
+            except BaseException:
                 proc.kill()
-                proc.wait()
+                raise
+            code = proc.wait(timeout=timeout)
         errors.seek(0)
         err = errors.read().decode(errors="replace")
     if code != 0:

@@ -80,14 +80,28 @@ class SealedClause:
     holds: str
 
 
+#: Key of the clause that opens every sealed location of the profile no other clause names.
+OTHER_SEALED = "other"
+
 SEALED = (
     SealedClause("RC-2.3.signing-keys", "signing-keys", "zone signing keys (P-256 PEM)"),
     SealedClause("RC-2.3.provider-secret-configs", "provider-secret-configs",
                  "provider secret configurations (JSON)"),
     SealedClause("RC-2.3.provider-grant-access-tokens", "provider-grant-access-tokens",
-                 "provider user access tokens"),
+                 "provider user access tokens (2026.06)"),
     SealedClause("RC-2.3.provider-grant-refresh-tokens", "provider-grant-refresh-tokens",
-                 "provider user refresh tokens"),
+                 "provider user refresh tokens (2026.06)"),
+    SealedClause("RC-2.3.secret-store", "secret-store", "custody copies of secrets (1.0)"),
+    SealedClause("RC-2.3.provider-connection-access-tokens", "provider-connection-access-tokens",
+                 "provider connection access tokens (1.0)"),
+    SealedClause("RC-2.3.provider-connection-refresh-tokens",
+                 "provider-connection-refresh-tokens", "provider connection refresh tokens (1.0)"),
+    SealedClause("RC-2.3.notification-sink-secrets", "notification-sink-secrets",
+                 "notification sink secrets (1.0)"),
+    SealedClause("RC-2.3.operator-plan-secrets", "operator-plan-secrets",
+                 "operator plan secrets (1.0)"),
+    SealedClause("RC-2.3.other", OTHER_SEALED,
+                 "every other location the release seals under its KEK"),
 )
 
 
