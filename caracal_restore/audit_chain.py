@@ -6,8 +6,11 @@ recomputed content hashes, ``prev_content_sha256`` links, ``chain_hmac`` under a
 ``AUDIT_HMAC_KEY``, ``chain_seq`` continuity, chain heads against the backup's fingerprint,
 retention holes against the partitions and an export archive, and the rehash marker.
 
-Rows stream through a server-side cursor in ``chain_seq`` order, one zone at a time; memory
-holds one batch plus O(zones + findings), never the whole table. The hashing rules are
+One unordered ``COPY … TO STDOUT`` pass (optionally split by partition over worker processes)
+recomputes every content hash and chain_hmac from the canonical bytes and proves each zone's
+links with a randomised multiset balance; only zones that do not balance are read again in
+``chain_seq`` order (a binary server-side cursor) and diagnosed row by row. Memory holds one
+row or batch plus O(zones + findings), never the whole table. The hashing rules are
 ``caracal_restore.chainhash``'s; this module only decides what a difference means.
 """
 
@@ -18,21 +21,30 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import heapq
 import hmac
 import itertools
 import json
+import os
+import pickle
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 
 from caracal_restore.chainhash import (
+    AUDIT_CANONICAL_SELECT,
     AUDIT_HASH_SELECT,
+    SEP,
     admin_content_hash,
     chain_hmac,
+    chain_hmac_bytes,
     content_hash_parts,
     parse_hmac_key,
 )
@@ -305,18 +317,21 @@ def _as_key(hmac_key: bytes | str | None) -> bytes | None:
 
 
 @contextlib.contextmanager
-def _read_snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """One read-only repeatable-read transaction (a savepoint if the caller holds one)."""
+def _read_snapshot(conn: psycopg.Connection[Any]) -> Iterator[bool]:
+    """One read-only repeatable-read transaction (a savepoint if the caller holds one).
+
+    Yields True when the transaction is ours (top level: its snapshot can be exported).
+    """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         with conn.transaction():
-            yield
+            yield False
         return
     saved = (conn.isolation_level, conn.read_only)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     try:
         with conn.transaction():
-            yield
+            yield True
     finally:
         conn.isolation_level, conn.read_only = saved
 
@@ -422,6 +437,8 @@ class _ZoneScan:
                     if seq != expect or prev != last:
                         expect, last = irregular(r, expect, last)
                     else:
+                        if expect == 1:  # the chain starts on the happy path at chain_seq 1
+                            summary.first_seq = 1
                         expect, last = seq + 1, stored
                     if mac is not None:
                         if signature:
@@ -438,8 +455,6 @@ class _ZoneScan:
         ctx.hmac_keyed += keyed
         if expect > 1:
             summary.head_seq, summary.head_sha256 = expect - 1, last
-            if summary.first_seq is None:  # the first row took the happy path: chain_seq 1
-                summary.first_seq = 1
         return summary
 
     # --------------------------------------------------------------- rare paths
@@ -629,6 +644,414 @@ def _audit_content(r: tuple[Any, ...]) -> str:
     return content_hash_parts(r[4:16], r[16])
 
 
+# ----------------------------------------------------------------- streaming pass (fast)
+#
+# The hashes of a row depend on that row alone, so they are recomputed over an unordered
+# ``COPY … TO STDOUT`` of every partition — the table read at the server's own pace, no sort.
+# The links are what need order, and they are checked without any: per zone, the multiset of
+# (chain_seq, content_sha256) pairs the rows offer must equal the multiset of
+# (chain_seq - 1, prev_content_sha256) pairs the rows ask for, but for the chain's two ends.
+# Mapping each pair through a hash keyed with fresh randomness and adding turns that equality
+# into one integer per zone (a randomised multiset test: an attacker who wrote the rows before
+# the key existed cannot make a broken chain balance, except with probability ~2^-120). With
+# chain_seq >= 1 everywhere, a balance proves the chain_seq are exactly min..max once each and
+# every row's prev is its predecessor's content — exactly when the ordered scan would see no
+# irregular row after the first. A zone that does not balance is verified again by the ordered
+# scan, so every defect is classified by the same code as before; a clean zone only replays
+# its first row (retention prefix) and its stored examples. Partitions are independent, so
+# they can be read by several processes sharing one exported snapshot: the sums just add.
+
+#: Columns of the streaming pass: zone, chain columns, then the canonical fields (nanoseconds).
+STREAM_COLUMNS = (
+    "zone_id, chain_seq, COALESCE(content_sha256, ''), COALESCE(prev_content_sha256, ''),"
+    f" COALESCE(chain_hmac, ''), {AUDIT_CANONICAL_SELECT}"
+)
+_LINK_MOD = 1 << 128
+_NO_SEQ = 1 << 64
+_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+_ESCAPE_RE = re.compile(rb"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)", re.DOTALL)
+
+
+def stream_query(relation: str = "audit_events", zones: Collection[str] | None = None
+                 ) -> tuple[str, tuple[Any, ...]]:
+    """The streaming pass's ``COPY (SELECT …) TO STDOUT`` over one relation (and its params)."""
+    where, params = "", ()  # type: tuple[str, tuple[Any, ...]]
+    if zones is not None:
+        where, params = " WHERE zone_id = ANY(%s)", (sorted(zones),)
+    return f"COPY (SELECT {STREAM_COLUMNS} FROM {relation}{where}) TO STDOUT", params
+
+
+def _unescape(field: bytes) -> bytes | None:
+    """One field of ``COPY … TO STDOUT`` text format as the server holds it (None: NULL)."""
+    if field == b"\\N":
+        return None
+
+    def one(m: re.Match[bytes]) -> bytes:
+        code = m.group(1)
+        if code[:1] == b"x" and len(code) > 1:
+            return bytes([int(code[1:], 16)])
+        if code[:1].isdigit():
+            return bytes([int(code, 8) & 0xFF])
+        return _COPY_ESCAPES.get(code, code)
+
+    return _ESCAPE_RE.sub(one, field)
+
+
+def _split_escaped(line: bytes) -> list[bytes | None]:
+    """Every field of a text COPY line that holds escapes (tabs inside values are escaped)."""
+    return [_unescape(f) for f in line.rstrip(b"\n").split(b"\t")]
+
+
+class _ZoneTally:
+    """What the streaming pass learnt about one zone: counts, ends, link sum, first examples."""
+
+    __slots__ = ("archive_bad", "archive_examples", "content_bad", "content_examples",
+                 "hmac_bad", "hmac_examples", "keyed", "links", "malformed", "max_content",
+                 "max_seq", "min_line", "min_seq", "rows", "unsigned", "zone")
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        self.rows = self.keyed = self.unsigned = self.malformed = 0
+        self.min_seq, self.max_seq = _NO_SEQ, -1
+        self.min_line = b""
+        self.max_content = b""
+        self.links = 0
+        self.content_bad = self.hmac_bad = self.archive_bad = 0
+        #: max-heaps (negated chain_seq) of the smallest chain_seq examples, at most cap each
+        self.content_examples: list[tuple[int, str, str, str]] = []
+        self.hmac_examples: list[int] = []
+        self.archive_examples: list[tuple[int, str, str]] = []
+
+    @staticmethod
+    def _keep(heap: list[Any], item: Any, cap: int) -> None:
+        """Keep the ``cap`` items with the smallest chain_seq (items start with -chain_seq)."""
+        if len(heap) < cap:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+
+    def merge(self, other: _ZoneTally, cap: int) -> None:
+        """Add another process's tally of the same zone (other partitions)."""
+        self.rows += other.rows
+        self.keyed += other.keyed
+        self.unsigned += other.unsigned
+        self.malformed += other.malformed
+        self.links += other.links
+        if other.min_seq < self.min_seq:
+            self.min_seq, self.min_line = other.min_seq, other.min_line
+        if other.max_seq > self.max_seq:
+            self.max_seq, self.max_content = other.max_seq, other.max_content
+        self.content_bad += other.content_bad
+        self.hmac_bad += other.hmac_bad
+        self.archive_bad += other.archive_bad
+        for mine, theirs in ((self.content_examples, other.content_examples),
+                             (self.hmac_examples, other.hmac_examples),
+                             (self.archive_examples, other.archive_examples)):
+            for item in theirs:
+                self._keep(mine, item, cap)  # type: ignore[arg-type]
+
+    def balanced(self, link_value: Callable[[int, bytes], int]) -> bool:
+        """True when the chain_seq are min..max once each and every inner link holds."""
+        if self.malformed or self.min_seq < 1 or self.max_seq < self.min_seq:
+            return False
+        if self.rows != self.max_seq - self.min_seq + 1:
+            return False
+        first = _split_escaped(self.min_line) if b"\\" in self.min_line else \
+            self.min_line.rstrip(b"\n").split(b"\t")
+        ends = link_value(self.max_seq, self.max_content) - link_value(self.min_seq - 1,
+                                                                         first[3] or b"")
+        return (self.links - ends) % _LINK_MOD == 0
+
+    def first_row(self) -> tuple[Any, ...]:
+        """The zone's first row in the ordered scan's layout (``_AUDIT_SELECT``)."""
+        line = self.min_line
+        f = _split_escaped(line) if b"\\" in line else line.rstrip(b"\n").split(b"\t")
+        text = [(v or b"").decode("utf-8", "replace") for v in f[2:17]]
+        return (int(f[1] or 0), *text, int(f[17] or 0) // 1000)
+
+
+def _link_hasher(link_key: bytes) -> tuple[Callable[[], Any], Callable[[int, bytes], int]]:
+    """The keyed pair hash of the link sums: a copier for the hot loop and a one-shot form."""
+    base = hashlib.blake2b(key=link_key, digest_size=16)
+
+    def value(seq: int, content: bytes) -> int:
+        h = base.copy()
+        h.update(b"%d|" % seq + content)
+        return int.from_bytes(h.digest(), "little")
+
+    return base.copy, value
+
+
+def tally_stream(
+    chunks: Iterable[Any],
+    tallies: dict[bytes, _ZoneTally],
+    *,
+    key: bytes | None,
+    link_key: bytes,
+    archive: Mapping[tuple[str, int], ArchivedEvent] | None,
+    cap: int,
+) -> int:
+    """Check every row of a text COPY stream (one row per chunk); returns the rows read.
+
+    Per row: content hash over the canonical bytes, chain_hmac, the zone's link sum and ends,
+    the archived copy; anomalies keep a count and the ``cap`` first examples per zone.
+    """
+    sha = hashlib.sha256
+    link, _ = _link_hasher(link_key)
+    mac = chain_hmac_bytes(key) if key else None
+    from_bytes = int.from_bytes
+    get = tallies.get
+    keep = _ZoneTally._keep
+    archive_get = archive.get if archive is not None else None
+    n = 0
+    for data in chunks:
+        line = bytes(data)
+        n += 1
+        if b"\\" not in line:
+            zone_b, seq_b, stored, prev, sig, rest = line.split(b"\t", 5)
+            message = rest[:-1].replace(b"\t", SEP)
+            ident = None
+        else:  # escapes (a backslash, a control character, a NULL): field by field
+            f = _split_escaped(line)
+            if len(f) != 18 or any(v is None for v in (f[0], *f[2:])):
+                zone_b = f[0] or b""
+                bad = tallies.setdefault(zone_b, _ZoneTally(zone_b.decode("utf-8", "replace")))
+                bad.rows += 1
+                bad.malformed += 1
+                continue
+            zone_b, seq_b, stored, prev, sig, ident = f[:6]  # type: ignore[assignment]
+            message = SEP.join(f[5:])  # type: ignore[arg-type]
+            rest = b""
+        t = get(zone_b)
+        if t is None:
+            t = tallies[zone_b] = _ZoneTally(zone_b.decode("utf-8", "replace"))
+        t.rows += 1
+        if seq_b is None:
+            t.malformed += 1  # NULL chain_seq: the ordered scan reports it
+            continue
+        seq = int(seq_b)
+        computed = sha(message).hexdigest().encode()
+        if computed != stored:
+            t.content_bad += 1
+            event_id = (rest.split(b"\t", 1)[0] if ident is None else ident).decode(
+                "utf-8", "replace")
+            keep(t.content_examples,
+                 (-seq, event_id, stored.decode("utf-8", "replace"), computed.decode()), cap)
+        if seq < t.min_seq:
+            t.min_seq, t.min_line = seq, line
+        if seq > t.max_seq:
+            t.max_seq, t.max_content = seq, stored
+        h = link()
+        h.update(seq_b + b"|" + stored)
+        g = link()
+        g.update(b"%d|" % (seq - 1) + prev)
+        t.links += from_bytes(h.digest(), "little") - from_bytes(g.digest(), "little")
+        if mac is not None:
+            if sig:
+                t.keyed += 1
+                if mac(stored, prev) != sig:
+                    t.hmac_bad += 1
+                    keep(t.hmac_examples, -seq, cap)
+            else:
+                t.unsigned += 1
+        if archive_get is not None:
+            event = archive_get((t.zone, seq))
+            if event is not None:
+                event_id = (rest.split(b"\t", 1)[0] if ident is None else ident).decode(
+                    "utf-8", "replace")
+                if (event.event_id, event.content_sha256, event.chain_hmac) != (
+                        event_id, stored.decode("utf-8", "replace"),
+                        sig.decode("utf-8", "replace")):
+                    t.archive_bad += 1
+                    keep(t.archive_examples, (-seq, event_id, event.event_id), cap)
+    return n
+
+
+def _copy_rows(conn: psycopg.Connection[Any], relation: str, zones: Collection[str] | None,
+               sink: Callable[[Iterable[Any]], int]) -> int:
+    """Run the streaming COPY of one relation and feed its rows to ``sink``."""
+    query, params = stream_query(relation, zones)
+    with conn.cursor() as cur, cur.copy(query, params or None) as copy:
+        return sink(copy)
+
+
+def leaf_partitions(conn: psycopg.Connection[Any], table: str = "audit_events"
+                    ) -> list[tuple[str, int]]:
+    """The relations holding a table's rows (leaf partitions, or itself) and their sizes (pages)."""
+    rows = conn.execute(
+        "SELECT t.relid::regclass::text,"
+        " (pg_relation_size(t.relid) / current_setting('block_size')::int)::bigint"
+        " FROM pg_partition_tree(%s::regclass) t WHERE t.isleaf ORDER BY 1", (table,),
+    ).fetchall()
+    return [(name, int(pages)) for name, pages in rows]
+
+
+# Parallel workers: ``python -c`` processes (never a fork of a process holding connections, and
+# no re-import of the caller's main module as multiprocessing's spawn would do), each with one
+# connection inside the verifier's exported snapshot. Arguments (the HMAC key and password
+# included) travel pickled over the child's stdin, never on its command line or environment.
+
+_WORKER_MAIN = "from caracal_restore.audit_chain import _worker_main; _worker_main()"
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerJob:
+    """What one worker process tallies, and how it reaches the snapshot."""
+
+    conninfo: str
+    password: str | None = dataclasses.field(repr=False)
+    snapshot: str
+    relations: tuple[str, ...]
+    key: bytes | None = dataclasses.field(repr=False)
+    link_key: bytes = dataclasses.field(repr=False)
+    archive: Mapping[tuple[str, int], ArchivedEvent] | None
+    zones: Collection[str] | None
+    cap: int
+
+
+def _worker_main() -> None:
+    """Entry point of a worker process: read a job on stdin, write its tallies on stdout."""
+    job: _WorkerJob = pickle.loads(sys.stdin.buffer.read())
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if job.password:
+        kwargs["password"] = job.password
+    tallies: dict[bytes, _ZoneTally] = {}
+    rows = 0
+    with psycopg.connect(job.conninfo, **kwargs) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(job.snapshot)))
+
+        def sink(chunks: Iterable[Any]) -> int:
+            return tally_stream(chunks, tallies, key=job.key, link_key=job.link_key,
+                                archive=job.archive, cap=job.cap)
+
+        for relation in job.relations:
+            rows += _copy_rows(conn, relation, job.zones, sink)
+        conn.execute("COMMIT")
+    sys.stdout.buffer.write(pickle.dumps((rows, tallies), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _assign(relations: Sequence[tuple[str, int]], workers: int) -> list[tuple[str, ...]]:
+    """Spread partitions over workers, largest first onto the least loaded (by pages)."""
+    loads = [(0, i, []) for i in range(workers)]  # type: list[tuple[int, int, list[str]]]
+    heapq.heapify(loads)
+    for name, pages in sorted(relations, key=lambda r: (-r[1], r[0])):
+        load, i, names = heapq.heappop(loads)
+        names.append(name)
+        heapq.heappush(loads, (load + max(pages, 1), i, names))
+    return [tuple(names) for _, _, names in sorted(loads, key=lambda x: x[1]) if names]
+
+
+def _run_workers(jobs: Sequence[_WorkerJob]) -> list[dict[bytes, _ZoneTally]]:
+    """Run one worker process per job; return their tallies (raise if one fails)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for job in jobs:
+            proc = subprocess.Popen([sys.executable, "-c", _WORKER_MAIN], env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            procs.append(proc)
+            assert proc.stdin is not None
+            proc.stdin.write(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+            proc.stdin.close()
+            proc.stdin = None  # sent: communicate() must not flush it again
+        results = []
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                tail = REDACTOR(err.decode("utf-8", "replace")[-2000:])
+                raise RuntimeError(f"audit chain worker failed (exit {proc.returncode}): {tail}")
+            results.append(pickle.loads(out)[1])
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def default_workers() -> int:
+    """Worker processes for the streaming pass: one per two cores (each pairs with a backend)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def _stream_pass(ctx: _Context, zones: Collection[str] | None, workers: int,
+                 link_key: bytes, *, owned: bool) -> dict[bytes, _ZoneTally]:
+    """Tally every row of ``audit_events`` (in this process, or in ``workers`` processes).
+
+    Workers need a snapshot to import, so they are only used when the transaction is ours.
+    """
+    tallies: dict[bytes, _ZoneTally] = {}
+    cap = ctx.findings.cap
+    relations = leaf_partitions(ctx.conn) if workers > 1 and owned else []
+    snapshot = _export_snapshot(ctx.conn) if len(relations) > 1 else None
+    if snapshot is None:
+        def sink(rows: Iterable[Any]) -> int:
+            return tally_stream(rows, tallies, key=ctx.key, link_key=link_key,
+                                archive=ctx.archive, cap=cap)
+
+        _copy_rows(ctx.conn, "audit_events", zones, sink)
+        return tallies
+    info = ctx.conn.info
+    archive = dict(ctx.archive) if ctx.archive is not None else None
+    jobs = [
+        _WorkerJob(info.dsn, info.password, snapshot, names, ctx.key, link_key, archive,
+                   set(zones) if zones is not None else None, cap)
+        for names in _assign(relations, workers)
+    ]
+    for part in _run_workers(jobs):
+        for zone_b, tally in part.items():
+            mine = tallies.get(zone_b)
+            if mine is None:
+                tallies[zone_b] = tally
+            else:
+                mine.merge(tally, cap)
+    return tallies
+
+
+def _export_snapshot(conn: psycopg.Connection[Any]) -> str | None:
+    """Export the verifier's snapshot for worker processes (None: not possible here).
+
+    Only a top-level repeatable-read transaction can export one; a server in recovery cannot.
+    """
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if row is None or row[0]:
+        return None
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    return str(row[0]) if row else None
+
+
+def _replay_tally(ctx: _Context, zone: str, tally: _ZoneTally) -> ZoneSummary:
+    """Findings of a balanced zone, in the order the ordered scan would have made them."""
+    scan = _ZoneScan(ctx, zone, _AUDIT_SELECT, "zone_id = %s", _audit_content)
+    summary = scan.summary
+    for neg_seq, event_id, stored, computed in sorted(tally.content_examples, reverse=True):
+        scan.content_differs((-neg_seq, stored, "", "", event_id), computed)
+    ctx.findings.counts["content_mismatch"] += tally.content_bad - len(tally.content_examples)
+    first = tally.first_row()
+    summary.first_seq = first[0]
+    if first[0] != 1 or first[2]:
+        scan.irregular(first, 1, "")  # retention prefix, or a genesis row with a predecessor
+    for neg_seq in sorted(tally.hmac_examples, reverse=True):
+        scan.hmac_fails(-neg_seq)
+    extra = tally.hmac_bad - len(tally.hmac_examples)
+    summary.hmac_failed += extra
+    ctx.hmac_failed += extra
+    for neg_seq, event_id, archived_id in sorted(tally.archive_examples, reverse=True):
+        ctx.findings.add("archive_mismatch", zone, -neg_seq,
+                         f"row {event_id!r} differs from its exported copy {archived_id!r}")
+    ctx.findings.counts["archive_mismatch"] += tally.archive_bad - len(tally.archive_examples)
+    summary.rows = tally.rows
+    summary.hmac_checked = tally.keyed
+    summary.unsigned_rows = tally.unsigned
+    summary.head_seq, summary.head_sha256 = tally.max_seq, tally.max_content.decode()
+    ctx.hmac_keyed += tally.keyed
+    return summary
+
+
 def verify_audit_chain(
     conn: psycopg.Connection[Any],
     *,
@@ -638,25 +1061,45 @@ def verify_audit_chain(
     zones: Collection[str] | None = None,
     batch_size: int = 20000,
     max_examples: int = 100,
+    workers: int | None = None,
+    ordered: bool = False,
 ) -> Report:
-    """Verify every (or the given) zone chain of ``audit_events``; read-only."""
+    """Verify every (or the given) zone chain of ``audit_events``; read-only.
+
+    By default one unordered streaming pass checks every hash and balances every zone's links
+    (``workers`` processes read partitions in parallel; default one per two cores); zones that
+    do not balance are read again in ``chain_seq`` order and diagnosed row by row. ``ordered``
+    reads every zone in order (the reference behaviour the streaming pass must reproduce).
+    """
     started = time.perf_counter()
     ctx = _Context(conn, "audit_events", _Findings(max_examples), batch_size, _as_key(hmac_key),
                    archive=archive)
     summaries: dict[str | None, ZoneSummary] = {}
-    with _read_snapshot(conn):
+    with _read_snapshot(conn) as owned:
         if not _exists(conn, "audit_events"):
             ctx.findings.add("table_missing", None, None, "audit_events does not exist")
             return _report(ctx, summaries, started)
         _check_marker(ctx)
         ctx.partitions = audit_partitions(conn)
-        present = [z for (z,) in conn.execute("SELECT DISTINCT zone_id FROM audit_events")]
-        wanted = set(present) | set(expected_heads or ())
+        tallies: dict[str, _ZoneTally] = {}
+        if ordered:
+            present = {z for (z,) in conn.execute("SELECT DISTINCT zone_id FROM audit_events")}
+        else:
+            link_key = os.urandom(32)
+            _, link_value = _link_hasher(link_key)
+            streamed = _stream_pass(ctx, zones, workers or default_workers(), link_key,
+                                    owned=owned)
+            tallies = {t.zone: t for t in streamed.values() if t.balanced(link_value)}
+            present = {t.zone for t in streamed.values()}
+        wanted = present | set(expected_heads or ())
         if zones is not None:
             wanted &= set(zones)
         for zone in sorted(wanted):
-            scan = _ZoneScan(ctx, zone, _AUDIT_SELECT, "zone_id = %s", _audit_content)
-            summaries[zone] = scan.run()
+            if zone in tallies:
+                summaries[zone] = _replay_tally(ctx, zone, tallies[zone])
+            else:
+                scan = _ZoneScan(ctx, zone, _AUDIT_SELECT, "zone_id = %s", _audit_content)
+                summaries[zone] = scan.run()
             if expected_heads is not None:
                 _check_head(ctx, summaries[zone], expected_heads.get(zone))
     ctx.classify_hmac()

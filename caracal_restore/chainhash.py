@@ -18,9 +18,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 SEP = b"\x1f"
+_SHA256_BLOCK = 64
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 #: Text fields of ``audit_events`` in hashing order (JSON fields follow).
@@ -43,6 +44,16 @@ AUDIT_HASH_SELECT = ", ".join(
     [f"COALESCE({f}, '')" for f in AUDIT_TEXT_FIELDS]
     + [f"COALESCE({f}::text, 'null')" for f in AUDIT_JSON_FIELDS]
     + ["(extract(epoch FROM occurred_at) * 1000000)::bigint"]
+)
+
+
+#: The same fields as ``COPY … TO STDOUT`` text columns, the timestamp already in nanoseconds
+#: (exact integer arithmetic on the server): ``f1 \t … f12 \t nanos``. Joining the 13 columns
+#: with 0x1F gives the canonical message byte for byte (see ``canonical_message``).
+AUDIT_CANONICAL_SELECT = ", ".join(
+    [f"COALESCE({f}, '')" for f in AUDIT_TEXT_FIELDS]
+    + [f"COALESCE({f}::text, 'null')" for f in AUDIT_JSON_FIELDS]
+    + ["(extract(epoch FROM occurred_at) * 1000000)::bigint * 1000"]
 )
 
 
@@ -88,6 +99,48 @@ def content_hash(
     jsons = [determining_policies_json, diagnostics_json, metadata_json]
     parts = [t or "" for t in texts] + [j if j else "null" for j in jsons]
     return content_hash_parts(parts, unix_nanos(occurred_at) // 1000)
+
+
+def canonical_message(fields: Sequence[bytes], nanos: bytes | int) -> bytes:
+    """The exact bytes content_sha256 covers: 12 UTF-8 fields each + 0x1F, then the nanoseconds.
+
+    ``fields`` are already NULL-coalesced (``''`` / ``null``); ``nanos`` is the decimal Unix
+    nanoseconds (bytes as the server printed them, or an int).
+    """
+    if len(fields) != len(AUDIT_HASHED_FIELDS):
+        raise ValueError(f"expected {len(AUDIT_HASHED_FIELDS)} fields, got {len(fields)}")
+    tail = nanos if isinstance(nanos, bytes) else str(nanos).encode()
+    return SEP.join(fields) + SEP + tail
+
+
+def content_hash_bytes(message: bytes) -> bytes:
+    """content_sha256 (lowercase hex, as ASCII bytes) of a canonical message."""
+    return hashlib.sha256(message).hexdigest().encode()
+
+
+def chain_hmac_bytes(key: bytes) -> Callable[[bytes, bytes], bytes]:
+    """A fast ``chain_hmac`` for one key over bytes: ``mac(content_hex, prev_hex) -> hex bytes``.
+
+    HMAC-SHA256 written out as its two keyed SHA-256 states (RFC 2104), copied per message: the
+    same digest as ``chain_hmac`` without re-deriving the key pads for every row.
+    """
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    padded = key.ljust(_SHA256_BLOCK, b"\0")
+    inner_copy = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
+    outer_copy = hashlib.sha256(bytes(b ^ 0x5C for b in padded)).copy
+
+    def mac(content: bytes, prev: bytes) -> bytes:
+        inner = inner_copy()
+        inner.update(content + b"|" + prev)
+        outer = outer_copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode()
+
+    probe = ("0" * 64, "f" * 64)
+    if mac(*(p.encode() for p in probe)).decode() != chain_hmac(key, *probe):
+        raise AssertionError("chain_hmac_bytes disagrees with chain_hmac")  # pragma: no cover
+    return mac
 
 
 def parse_hmac_key(hex_key: str) -> bytes:
