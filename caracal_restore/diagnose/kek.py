@@ -369,18 +369,20 @@ def _kek_cause(offline: Diagnosis | None) -> str:
 
 def _jwks_kids(zone: str, expected: Sequence[str], seen: Sequence[str], all_kids: set[str],
                offline: Diagnosis | None) -> list[Finding]:
-    findings = []
+    """A minted key explains absent restored keys (their rows are gone); else they were skipped."""
     skipped = [k for k in expected if k not in seen]
-    if skipped:
-        findings.append(Finding(_kek_cause(offline), f"JWKS of zone {zone}",
-                                f"restored key(s) {', '.join(skipped)} are not published: STS "
-                                "skipped them as undecryptable", zone))
     minted = [k for k in seen if k not in all_kids]
     if minted:
-        findings.append(Finding("signing-keys-missing", f"JWKS of zone {zone}",
-                                f"published key(s) {', '.join(minted)} were never in the restored "
-                                "database: STS minted a new key", zone))
-    return findings
+        gone = (f"; restored key(s) {', '.join(skipped)} are no longer published" if skipped
+                else "")
+        return [Finding("signing-keys-missing", f"JWKS of zone {zone}",
+                        f"published key(s) {', '.join(minted)} were never in the restored "
+                        f"database: STS found no key row and minted a new key{gone}", zone)]
+    if skipped:
+        return [Finding(_kek_cause(offline), f"JWKS of zone {zone}",
+                        f"restored key(s) {', '.join(skipped)} are not published: STS skipped "
+                        "them as undecryptable", zone)]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)

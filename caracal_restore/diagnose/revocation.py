@@ -183,8 +183,10 @@ def revocation_coverage(conn: psycopg.Connection[Any], client: Client,
         " LEFT JOIN {table} s ON s.id = o.payload_json->>'session_id'"
         " WHERE o.topic = %s AND o.producer = 'coordinator' AND o.payload_json ? 'session_id'"
         " ORDER BY 1, 2").format(expired=expired, table=table)
-    rows = conn.execute(query, (REVOKE_STREAM, REVOKE_STREAM)).fetchall()
+    # Redis first: STS commits the revocation before it acknowledges the entry, so an entry
+    # seen acknowledged here has its session revoked in any later read of Postgres.
     where = entry_positions(client)
+    rows = conn.execute(query, (REVOKE_STREAM, REVOKE_STREAM)).fetchall()
     out = []
     for outbox, outbox_id, session_id, status, time_expired, outbox_state in rows:
         position = where.get(outbox_id)
