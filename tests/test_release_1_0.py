@@ -309,7 +309,7 @@ def test_real_stream_signatures_verify(real_run: RealRun) -> None:
     """Every ``_sig`` verifies with streamsHmacKey, every audit ``sig`` with auditHmacKey."""
     endpoint = real_run.state.restored_redis
     assert endpoint is not None
-    client = redis_lib.Redis.from_url(endpoint.url())
+    client: Any = redis_lib.Redis.from_url(endpoint.url())
     streams_key = bytes.fromhex(real_run.secrets["streamsHmacKey"])
     audit_key = bytes.fromhex(real_run.secrets["auditHmacKey"])
     signed = audit = 0
