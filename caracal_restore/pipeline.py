@@ -57,6 +57,7 @@ class PipelineSpec:
     audit_events: int = 5000
     zones: int = 3
     archive_bucket: str = ARCHIVE_BUCKET
+    archive_retention_days: int = 365
     workdir: Path | None = None
     keep: bool = False
     pg_bindir: Path | None = None
@@ -182,7 +183,10 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
     from caracal_restore.reference.deployment import build_reference
     from caracal_restore.reference.generator import Volume
 
-    archive = stack.objects.bucket(spec.archive_bucket, create=True, object_lock=True)
+    # The operator's archive: Object Lock with a default COMPLIANCE retention (the page's
+    # "immutable archive"); the retention checks probe what the substrate really enforces.
+    archive = stack.objects.bucket(spec.archive_bucket, create=True, object_lock=True,
+                                   compliance_days=spec.archive_retention_days)
     volume = Volume(zones=spec.zones, audit_events=spec.audit_events)
     # Release 1.0 reference (a minimal switch: build_reference_1_0 has the same contract).
     release = reference_release(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -142,13 +143,34 @@ def test_embedded_object_store_round_trip_and_probe() -> None:
         assert store.get("a/b") == b"1"
         probe = store.probe_immutability()
         url = srv.endpoint_url
-    assert probe.substrate == "moto"
-    # Observation, not assumption: moto accepts shortening a COMPLIANCE retention.
-    assert not probe.enforces_object_lock
+    # Observation, not assumption: the embedded substrate refuses to shorten a COMPLIANCE
+    # retention and to delete a locked version, and says what it is.
+    assert probe.substrate == "moto+compliance-lock"
+    assert probe.enforces_object_lock, probe.notes
     import httpx
 
     with pytest.raises(httpx.HTTPError):
         httpx.get(str(url), timeout=1)
+
+
+PLAIN_MOTO_PROBE = """
+import boto3, json
+from moto import mock_aws
+from caracal_restore.environments.objectstore import S3Store
+with mock_aws():
+    store = S3Store("external", "s3", None, "plain")
+    store._client = boto3.client("s3", region_name="us-east-1")
+    probe = store.probe_immutability()
+print(json.dumps([probe.enforces_object_lock, probe.compliance_shortening_refused]))
+"""
+
+
+def test_plain_moto_does_not_enforce_compliance_and_the_probe_sees_it() -> None:
+    """Unpatched moto (a fresh process) accepts shortening a COMPLIANCE retention: the probe
+    reports the store as not enforcing, whatever it is called."""
+    out = subprocess.run([sys.executable, "-c", PLAIN_MOTO_PROBE], capture_output=True,
+                         text=True, check=True, cwd=REPO).stdout
+    assert json.loads(out) == [False, False]
 
 
 def test_dir_object_store_enforces_nothing(tmp_path: Path) -> None:

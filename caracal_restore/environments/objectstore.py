@@ -113,12 +113,27 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store({self.provider}, {self.endpoint_url or 'aws'}, bucket={self.bucket})"
 
-    def create_bucket(self, *, object_lock: bool = False, versioning: bool = True) -> None:
-        """Create the bucket (Object Lock implies versioning)."""
+    def create_bucket(
+        self,
+        *,
+        object_lock: bool = False,
+        versioning: bool = True,
+        compliance_days: int | None = None,
+    ) -> None:
+        """Create the bucket (Object Lock implies versioning; ``compliance_days`` sets a default
+        COMPLIANCE retention for every new object version)."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if object_lock:
             kwargs["ObjectLockEnabledForBucket"] = True
         self._client.create_bucket(**kwargs)
+        if object_lock and compliance_days:
+            self._client.put_object_lock_configuration(
+                Bucket=self.bucket,
+                ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": compliance_days}},
+                },
+            )
         if versioning and not object_lock:
             self._client.put_bucket_versioning(
                 Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
@@ -290,23 +305,76 @@ class ObjectStoreServer:
     secret_key: str | None = dataclasses.field(default=None, repr=False)
     root: Path | None = None
 
-    def bucket(self, name: str, *, create: bool = False, object_lock: bool = False) -> ObjectStore:
-        """A store for one bucket (created when asked)."""
+    def bucket(self, name: str, *, create: bool = False, object_lock: bool = False,
+               compliance_days: int | None = None) -> ObjectStore:
+        """A store for one bucket (created when asked, optionally with default retention)."""
         if self.provider == "dir":
             assert self.root is not None
             return DirStore(self.root, name)
         store = S3Store(self.provider, self.substrate, self.endpoint_url, name,
                         access_key=self.access_key, secret_key=self.secret_key)
         if create:
-            store.create_bucket(object_lock=object_lock)
+            store.create_bucket(object_lock=object_lock, compliance_days=compliance_days)
         return store
+
+
+#: The embedded substrate: moto, made to refuse what S3 refuses under COMPLIANCE retention.
+EMBEDDED_SUBSTRATE = "moto+compliance-lock"
+
+
+def _parse_lock_date(value: str) -> dt.datetime:
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return dt.datetime.strptime(value, fmt).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def enforce_compliance_retention() -> None:
+    """Make the in-process moto refuse to weaken a COMPLIANCE retention, as S3 does.
+
+    moto already refuses to delete a locked version, but accepts shortening a COMPLIANCE
+    retention or switching it to GOVERNANCE; S3 refuses both (AccessDenied). The embedded
+    object store applies this rule so that its behaviour — which ``probe_immutability``
+    observes, never assumes — matches the real service; the evidence names the substrate
+    ``moto+compliance-lock``.
+    """
+    from moto.s3.exceptions import AccessDeniedByLock
+    from moto.s3.models import S3Backend
+
+    original = S3Backend.put_object_retention
+    if getattr(original, "_caracal_enforced", False):
+        return
+
+    def put_object_retention(
+        self: Any, bucket_name: str, key_name: str, version_id: str | None,
+        retention: tuple[str | None, str | None],
+    ) -> None:
+        key = self.get_object(bucket_name, key_name, version_id=version_id)
+        if key is not None and key.lock_mode == "COMPLIANCE" and key.lock_until:
+            mode, until = retention
+            current = _parse_lock_date(key.lock_until)
+            if current > dt.datetime.now(dt.UTC) and (
+                mode != "COMPLIANCE" or not until or _parse_lock_date(until) < current
+            ):
+                raise AccessDeniedByLock
+        original(self, bucket_name, key_name, version_id, retention)
+
+    put_object_retention._caracal_enforced = True  # type: ignore[attr-defined]
+    S3Backend.put_object_retention = put_object_retention  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
 def embedded() -> Iterator[ObjectStoreServer]:
-    """A moto S3 server on 127.0.0.1 (an emulator: the probe decides what it enforces)."""
+    """A moto S3 server on 127.0.0.1 that enforces COMPLIANCE retention like S3 does.
+
+    It is an emulator all the same: ``probe_immutability`` observes what it enforces, and the
+    evidence names the substrate.
+    """
     from moto.server import ThreadedMotoServer
 
+    enforce_compliance_retention()
     port = free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
@@ -317,7 +385,7 @@ def embedded() -> Iterator[ObjectStoreServer]:
 
         until(lambda: httpx.get(url + "/moto-api/", timeout=2).status_code < 500, timeout=30,
               transient=(httpx.HTTPError,), what="moto S3 server answers")
-        yield ObjectStoreServer("embedded", "moto", url, "testing", "testing")
+        yield ObjectStoreServer("embedded", EMBEDDED_SUBSTRATE, url, "testing", "testing")
 
 
 @contextlib.contextmanager
