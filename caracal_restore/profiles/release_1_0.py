@@ -486,4 +486,5 @@ PROFILE = Profile(
     redis_password_secret="redisPassword",
     database_url_secret="databaseUrl",
     redis_url_secret="redisUrl",
+    audit_table="audit_events",
 )
