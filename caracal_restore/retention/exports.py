@@ -1,0 +1,357 @@
+"""Audit export watermarks and the Parquet archive, against the restored database (FACTS-1.0 §6,
+§20 A5/R1; FACTS-2026.06 §4.5).
+
+The exporter writes one object per UTC hour of ``ingested_at`` up to the watermark
+``parquet-hourly`` and never overwrites one (``If-None-Match: *``). So, as of the backup: the
+watermark equals the source's; every hour up to it that has rows has its object holding
+exactly those rows; the chain links verify across all objects; every event retention removed
+from PostgreSQL is still in the archive; and no key has a second version.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from caracal_restore import fingerprint as fp
+from caracal_restore.chainhash import unix_nanos
+from caracal_restore.environments.objectstore import ObjectInfo, ObjectStore
+from caracal_restore.parquet_export import (
+    WATERMARK_NAME,
+    ArchiveIndex,
+    object_key,
+    read_archive,
+    verify_archive_chain,
+)
+from caracal_restore.retention.audit import ChainHoles
+from caracal_restore.retention.common import (
+    AUDIT_TABLE,
+    Evaluation,
+    iso,
+    ranges,
+    show_ranges,
+)
+
+_HOUR = dt.timedelta(hours=1)
+WATERMARK_TABLE = "audit_export_watermark"
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+class _Prefetching:
+    """An ObjectStore view that fetches the next objects of a listing concurrently.
+
+    ``read_archive`` lists once and then gets the objects in order; this view keeps at most
+    ``window`` fetches in flight ahead of the reader, so memory stays bounded.
+    """
+
+    def __init__(self, store: ObjectStore, workers: int, window: int) -> None:
+        self._store = store
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "archive-read")
+        self._window = window
+        self._order: list[str] = []
+        self._next = 0
+        self._pending: dict[str, concurrent.futures.Future[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        infos = self._store.list(prefix)
+        self._order = [i.key for i in infos]
+        return infos
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            while self._next < len(self._order) and len(self._pending) < self._window:
+                k = self._order[self._next]
+                self._next += 1
+                self._pending[k] = self._pool.submit(self._store.get, k)
+            future = self._pending.pop(key, None)
+        if future is None:
+            return self._store.get(key)
+        return future.result()
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def read_index(store: ObjectStore, *, workers: int = 8, window: int = 64) -> ArchiveIndex:
+    """``read_archive`` with concurrent fetches (the archive can hold thousands of objects)."""
+    view = _Prefetching(store, workers, window)
+    try:
+        return read_archive(view)  # type: ignore[arg-type]
+    finally:
+        view.close()
+
+
+def read_watermark(conn: psycopg.Connection[Any], name: str = WATERMARK_NAME
+                   ) -> tuple[dt.datetime, dt.datetime] | None:
+    """(last_exported_hour, updated_at) of the watermark row, or None when it is absent."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{WATERMARK_TABLE}",)
+                          ).fetchone()
+    if not exists or not exists[0]:
+        raise LookupError(f"the restored database has no table {WATERMARK_TABLE}")
+    row = conn.execute(
+        sql.SQL("SELECT last_exported_hour, updated_at FROM {} WHERE name = %s").format(
+            sql.Identifier(WATERMARK_TABLE)), (name,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+# ------------------------------------------------------------------------- RC-EXP-1
+
+
+def watermark_matches_source(
+    conn: psycopg.Connection[Any],
+    *,
+    source_tables: Mapping[str, Any] | None,
+    source_value: tuple[dt.datetime, dt.datetime] | None = None,
+    name: str = WATERMARK_NAME,
+) -> Evaluation:
+    """RC-EXP-1: the restored watermark row is the source's (digest in the fingerprint).
+
+    ``source_tables`` is the fingerprint's per-table digests of the source database (taken in
+    the dump's snapshot); ``source_value`` the row read from a live source when there is no
+    fingerprint. With neither, the comparison cannot be made (LookupError).
+    """
+    restored = read_watermark(conn, name)
+    result = Evaluation(observed={
+        "restored": {"name": name, "last_exported_hour": iso(restored[0]) if restored else None,
+                     "updated_at": iso(restored[1]) if restored else None},
+    })
+    if restored is None:
+        result.add("watermark_missing", name,
+                   f"{WATERMARK_TABLE} has no row {name!r}: a restarted exporter would export "
+                   "only the current target hour and never the backlog")
+    if source_tables is not None:
+        expected = source_tables.get(WATERMARK_TABLE)
+        if expected is None:
+            raise LookupError(f"the source fingerprint has no digest of {WATERMARK_TABLE}")
+        actual = fp.take_fingerprint(conn, tables=[WATERMARK_TABLE])["tables"][WATERMARK_TABLE]
+        result.observed["source digest"] = {"rows": expected["rows"],
+                                            "sha256": expected["sha256"]}
+        result.observed["restored digest"] = {"rows": actual["rows"], "sha256": actual["sha256"]}
+        if (actual["rows"], actual["sha256"]) != (expected["rows"], expected["sha256"]):
+            result.add("watermark_differs", name,
+                       f"{WATERMARK_TABLE} differs from the source's at backup time: source "
+                       f"{expected['rows']} row(s) sha256 {expected['sha256'][:16]}…, restored "
+                       f"{actual['rows']} row(s) sha256 {actual['sha256'][:16]}… (restored "
+                       f"last_exported_hour {iso(restored[0]) if restored else None})")
+        return result
+    if source_value is not None:
+        result.observed["source"] = {"last_exported_hour": iso(source_value[0]),
+                                     "updated_at": iso(source_value[1])}
+        if restored is not None and tuple(restored) != tuple(source_value):
+            result.add("watermark_differs", name,
+                       f"restored watermark {iso(restored[0])} (updated {iso(restored[1])}) is "
+                       f"not the source's {iso(source_value[0])} (updated "
+                       f"{iso(source_value[1])})")
+        return result
+    raise LookupError(
+        "the source's watermark is unknown: the bundle has no fingerprint.json and no live "
+        f"source was given (restored value: {result.observed['restored']})")
+
+
+# ------------------------------------------------------------------------- RC-EXP-2
+
+
+@dataclasses.dataclass
+class _HourTally:
+    rows: int = 0
+    missing: list[int] = dataclasses.field(default_factory=list)
+
+
+def _db_rows(conn: psycopg.Connection[Any], lo: dt.datetime, hi: dt.datetime
+             ) -> Iterator[tuple[Any, ...]]:
+    """Restored rows with ``ingested_at`` in [lo, hi), streamed (exporter's NULL handling)."""
+    query = sql.SQL(
+        "SELECT zone_id, COALESCE(chain_seq, 0), COALESCE(id, ''),"
+        " COALESCE(content_sha256, ''), COALESCE(chain_hmac, ''), occurred_at, ingested_at,"
+        " COALESCE(decision, ''), COALESCE(event_type, ''), COALESCE(request_id, '')"
+        " FROM {} WHERE ingested_at >= %s AND ingested_at < %s"
+    ).format(sql.Identifier(AUDIT_TABLE))
+    with conn.transaction(), conn.cursor(name="caracal_retention_export_rows") as cur:
+        cur.itersize = 5000
+        cur.execute(query, (lo, hi))
+        yield from cur
+
+
+def hours_exported(
+    conn: psycopg.Connection[Any],
+    index: ArchiveIndex,
+    watermark: dt.datetime | None,
+) -> Evaluation:
+    """RC-EXP-2: every hour up to the watermark with rows has its object, equal to the database.
+
+    Hours run from the archive's first object (exports start when the exporter was enabled)
+    to the restored watermark. For every restored row ingested in hour H the object of H
+    holds the same event with the same ``content_sha256``, ``chain_hmac``, ``chain_seq``,
+    ``zone_id``, ``decision``, ``event_type``, ``request_id`` and millisecond ``time``.
+    Exported rows absent from the database are retention's (RC-AUD-5, RC-EXP-4).
+    """
+    result = Evaluation()
+    hours = index.hours
+    present = {o.key for o in index.objects}
+    result.observed["archive objects"] = len(index.objects)
+    result.observed["archive rows"] = len(index.rows)
+    result.observed["watermark"] = iso(watermark)
+    for problem in index.problems:
+        result.add("unreadable_object", "archive", problem)
+    if watermark is None:
+        result.add("no_watermark", WATERMARK_NAME,
+                   "the restored database has no export watermark: no hour can be checked")
+        return result
+    first = hours[0] if hours else None
+    if first is None or first > watermark:
+        count = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE ingested_at < %s").format(
+                sql.Identifier(AUDIT_TABLE)), (watermark + _HOUR,)).fetchone()
+        n = int(count[0]) if count else 0
+        result.observed["rows ingested up to the watermark"] = n
+        if n:
+            result.add("archive_empty", "archive",
+                       f"the watermark says hours through {iso(watermark)} were exported and "
+                       f"{n} restored rows were ingested by then, but the archive holds no "
+                       "object up to that hour")
+        return result
+    result.observed["hours checked"] = f"{iso(first)} .. {iso(watermark)}"
+    tallies: dict[dt.datetime, _HourTally] = collections.defaultdict(_HourTally)
+    wrong: list[str] = []
+    checked = 0
+    for zone, seq, event_id, content, mac, occurred_at, ingested, decision, etype, req in _db_rows(
+        conn, first, watermark + _HOUR
+    ):
+        checked += 1
+        hour = ingested.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        tally = tallies[hour]
+        tally.rows += 1
+        key = object_key(hour)
+        row = index.rows.get((str(zone), int(seq)))
+        if row is None or row.key != key:
+            tally.missing.append(int(seq))
+            if row is not None:
+                wrong.append(f"zone {zone} chain_seq {seq} (ingested {iso(ingested)}) is in "
+                             f"{row.key}, not {key}")
+            continue
+        expected = (event_id, content, mac, unix_nanos(occurred_at) // 1_000_000, decision,
+                    etype, req)
+        got = (row.event_id, row.content_sha256, row.chain_hmac, row.time_ms, row.decision,
+               row.event_type, row.request_id)
+        if expected != got:
+            names = ("event_id", "content_sha256", "chain_hmac", "time", "decision",
+                     "event_type", "request_id")
+            diff = [n for n, a, b in zip(names, expected, got, strict=True) if a != b]
+            wrong.append(f"zone {zone} chain_seq {seq} in {key}: {', '.join(diff)} differ "
+                         "from the restored row")
+    result.observed["restored rows in the exported hours"] = checked
+    result.observed["hours with rows"] = len(tallies)
+    missing_objects = []
+    for hour, tally in sorted(tallies.items()):
+        key = object_key(hour)
+        if key not in present:
+            missing_objects.append(key)
+            result.add("object_missing", key,
+                       f"hour {iso(hour)} has {tally.rows} restored rows but no object {key}")
+        elif tally.missing:
+            result.add("rows_missing", key,
+                       f"object {key} lacks {len(tally.missing)} of the hour's {tally.rows} "
+                       f"restored rows (chain_seq {show_ranges(ranges(tally.missing))})")
+    result.observed["missing objects"] = missing_objects[:50]
+    for text in wrong[:50]:
+        result.add("row_differs", "archive", text)
+    if len(wrong) > 50:
+        result.add("row_differs", "archive", f"… and {len(wrong) - 50} more rows differ")
+    return result
+
+
+# ------------------------------------------------------------------------- RC-EXP-3
+
+
+def chain_across_export(index: ArchiveIndex, hmac_key: bytes | None) -> Evaluation:
+    """RC-EXP-3: ``chain_hmac`` of every exported row links to the previous row of its zone."""
+    problems = verify_archive_chain(index, hmac_key)
+    zones = index.zones()
+    result = Evaluation(observed={
+        "zones": {z: {"rows": len(s), "first chain_seq": s[0], "last chain_seq": s[-1]}
+                  for z, s in zones.items() if s},
+        "rows": len(index.rows),
+        "hmac key": "AUDIT_HMAC_KEY from the restored secrets" if hmac_key else "none (unsigned)",
+    })
+    if not index.rows:
+        raise LookupError("the archive holds no exported rows: there is no chain to verify")
+    for problem in problems:
+        result.add("chain_link", "archive", problem)
+    return result
+
+
+# ------------------------------------------------------------------------- RC-EXP-4
+
+
+def continuity(holes: ChainHoles, index: ArchiveIndex, watermark: dt.datetime | None
+               ) -> Evaluation:
+    """RC-EXP-4: nothing aged out of PostgreSQL before it was exported.
+
+    Every chain_seq absent from a restored zone chain below its head — the prefix retention
+    dropped, or a hole inside — must be in the archive.
+    """
+    result = Evaluation(observed={
+        "zones": {z: {"first chain_seq": h[0], "last chain_seq": h[1], "rows": h[2]}
+                  for z, h in sorted(holes.heads.items())},
+        "absent chain_seq ranges": {z: show_ranges(g, 20) for z, g in sorted(holes.gaps.items())},
+        "absent events": holes.missing_count(),
+        "export watermark": iso(watermark),
+    })
+    covered = 0
+    for zone, spans in sorted(holes.gaps.items()):
+        uncovered: list[int] = []
+        for lo, hi in spans:
+            for seq in range(lo, hi + 1):
+                if (zone, seq) in index.rows:
+                    covered += 1
+                else:
+                    uncovered.append(seq)
+        if uncovered:
+            where = "the start of the chain" if uncovered[0] == 1 else "inside the chain"
+            result.add("not_exported", zone,
+                       f"zone {zone}: chain_seq {show_ranges(ranges(uncovered))} "
+                       f"({len(uncovered)} events, from {where}) are gone from the restored "
+                       "database and are not in the archive: evidence aged out before it was "
+                       "exported")
+    result.observed["absent events found in the archive"] = covered
+    return result
+
+
+# ------------------------------------------------------------------------- RC-EXP-5
+
+
+def write_once(index: ArchiveIndex, versioning: str | None) -> Evaluation:
+    """RC-EXP-5: no export object was overwritten (one version per key on a versioned bucket)."""
+    result = Evaluation(observed={"bucket versioning": versioning,
+                                  "objects": len(index.objects)})
+    if versioning != "Enabled":
+        raise LookupError(
+            f"the archive bucket's versioning is {versioning or 'not enabled'}: an overwrite "
+            "leaves no second version, so write-once cannot be observed")
+    multi = {k: n for k, n in index.version_counts.items() if n != 1}
+    result.observed["keys with more than one version"] = dict(sorted(multi.items())[:50])
+    for key, n in sorted(multi.items()):
+        result.add("overwritten", key, f"{key} has {n} versions: it was written more than once")
+    return result
+
+
+def bucket_versioning(store: ObjectStore) -> str | None:
+    """The bucket's versioning status (``Enabled``, ``Suspended``) or None (never enabled)."""
+    client = getattr(store, "client", None)
+    if client is None:
+        return None
+    status = client.get_bucket_versioning(Bucket=store.bucket).get("Status")
+    return str(status) if status else None

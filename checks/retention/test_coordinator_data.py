@@ -1,0 +1,83 @@
+"""Retention controls, row "Coordinator data": DELEGATION_RETENTION_DAYS, OUTBOX_RETENTION_DAYS,
+sweeper intervals (FACTS-2026.06 §6, FACTS-1.0 §12.2, §20 R2).
+
+Evaluated on the restored database as of the backup's time, with one cleanup interval and one
+cleanup batch of slack. Because the windows apply to the restore-time clock once the
+Coordinator starts (FACTS-1.0 §12.4), each check also attaches the set of rows the first
+cleaner run would delete after a start at restore time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from caracal_restore.profiles import Profile
+from caracal_restore.retention import BackupClock, RetentionSettings, coordinator
+from caracal_restore.runstate import RunState
+from checks.retention.expectations import control_of
+from fixtures import evidence
+
+
+def _attach_expected_deletions(conn: psycopg.Connection[Any], clock: BackupClock,
+                               settings: RetentionSettings, run_state: RunState) -> None:
+    """Evidence: what the services would delete after start, and whether that was compared."""
+    if clock.restored_at is None:
+        evidence.text("deletions after start", "not computed: the run recorded no restore time")
+        return
+    expected = coordinator.expected_deletions(conn, clock.restored_at, settings)
+    expected["comparison with the live copy"] = coordinator.live_comparison_note(
+        run_state.services.mode)
+    evidence.json("expected deletions at the restore-time clock", expected)
+
+
+@control_of("RC-CRD-1")
+def test_no_terminal_delegation_edge_outlives_its_window(
+    restored_conn: psycopg.Connection[Any], backup_time: BackupClock,
+    retention_settings: RetentionSettings, run_state: RunState,
+) -> None:
+    """RC-CRD-1 No revoked or expired delegation edge older than DELEGATION_RETENTION_DAYS.
+
+    Age is ``COALESCE(revoked_at, expires_at, updated_at, created_at)``; 2026.06 deletes such
+    edges even when an active child still points at them (no active-child guard).
+    """
+    result = coordinator.terminal_edges(restored_conn, backup_time, retention_settings)
+    evidence.json("terminal delegation edges against the window", result.evidence())
+    _attach_expected_deletions(restored_conn, backup_time, retention_settings, run_state)
+    assert result.ok, result.message()
+
+
+@control_of("RC-CRD-2")
+def test_no_terminal_coordinator_outbox_row_outlives_its_window(
+    restored_conn: psycopg.Connection[Any], backup_time: BackupClock,
+    retention_settings: RetentionSettings, run_state: RunState,
+) -> None:
+    """RC-CRD-2 No published or dead Coordinator outbox row older than OUTBOX_RETENTION_DAYS.
+
+    ``caracal_outbox`` rows with producer ``coordinator``, by ``updated_at``; 2026.06 deletes
+    dead rows too (HEAD keeps them).
+    """
+    result = coordinator.terminal_outbox(restored_conn, backup_time, retention_settings)
+    evidence.json("coordinator outbox against the window", result.evidence())
+    _attach_expected_deletions(restored_conn, backup_time, retention_settings, run_state)
+    assert result.ok, result.message()
+
+
+@control_of("RC-CRD-3")
+def test_sweepers_kept_pace_with_their_intervals(
+    restored_conn: psycopg.Connection[Any], backup_time: BackupClock,
+    retention_settings: RetentionSettings, profile: Profile,
+) -> None:
+    """RC-CRD-3 The Coordinator sweepers had done their work by backup time.
+
+    No active edge past ``expires_at`` beyond one RETENTION_CLEANUP_INTERVAL_MS, no active
+    task agent past its TTL beyond one TTL_SWEEP_INTERVAL_MS, no active service agent past its
+    heartbeat deadline beyond one SERVICE_LEASE_SWEEP_INTERVAL_MS (batched sweepers may leave
+    one batch for their next run).
+    """
+    result = coordinator.sweepers_kept_pace(restored_conn, backup_time, retention_settings,
+                                            agent_table=profile.agent_table,
+                                            started_column=profile.agent_started_column)
+    evidence.json("sweepers at backup time", result.evidence())
+    assert result.ok, result.message()
