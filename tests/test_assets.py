@@ -179,10 +179,25 @@ def _artifact_plain(c: ClonedRun, run: PreparedRun, tmp: Path, state: RunState) 
         state.bundle, source=f"s3://caracal-backups/{key}", encrypted=True))
 
 
+def _no_fingerprint_rows_deleted(c: ClonedRun, run: PreparedRun, tmp: Path,
+                                 state: RunState) -> RunState:
+    """A bundle as Caracal's backup.sh writes it (no fingerprint.json), and rows lost."""
+    _rows_deleted(c, run, tmp, state)
+    assert state.bundle is not None
+    root = tmp / "plain-bundle" / Path(state.bundle.root).name
+    shutil.copytree(state.bundle.root, root, ignore=shutil.ignore_patterns("fingerprint.json"))
+    return dataclasses.replace(state, comparison_basis="internal consistency",
+                               bundle=dataclasses.replace(state.bundle, root=str(root),
+                                                          has_fingerprint=False))
+
+
 DEFECTS = (
     Defect("rows-deleted", _rows_deleted, {
         "test_every_database_is_restored_row_for_row": (
             "caracal.agent_topology", "rows in the source, 0 after restore")}),
+    Defect("no-fingerprint-rows-deleted", _no_fingerprint_rows_deleted, {
+        "test_every_database_is_restored_row_for_row": (
+            "compared with the dump", "caracal.agent_topology")}),
     Defect("secret-removed", _secret_removed, {
         "test_secret_store_holds_the_inventory": ("metricsBearer",)}),
     Defect("secret-in-bundle", _secret_in_bundle, {
@@ -210,6 +225,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
                       "replay-file-deleted", "stream-entry-deleted", "export-object-missing",
                       "artifact-not-encrypted"),
     "second-kind": ("replay-file-torn", "pending-entry-acked"),
+    "no-fingerprint": ("no-fingerprint-rows-deleted",),
 }
 
 
