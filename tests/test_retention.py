@@ -5,10 +5,10 @@ One run is built for the module (reference source, encrypted bundle, restore; no
 (``clone_run``), an archive bucket or the bundle — or changes only a setting — and injects
 exactly one violation. The real retention checks then run on every scenario in a subprocess
 (a few at a time), and each scenario asserts that its targeted check failed with a message
-naming the violation while every other retention check passed — and that RC-ARC-1 stayed
-*broken* on the embedded moto substrate, which does not enforce Object Lock. The clean run is
-a scenario too. Pure verdict functions are unit-tested at the end, including RC-ARC-1's check
-on a substrate that enforces Object Lock.
+naming the violation while every other retention check passed. The clean run is a scenario
+too. The embedded object store (``moto+compliance-lock``) enforces COMPLIANCE retention, so
+RC-ARC-1 is judged on it; that the check is *broken*, never passed, on a substrate that does
+not enforce Object Lock (plain moto) is unit-tested at the end with the other pure verdicts.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 SELECT = ("-k", "retention", "-p", "no:hypothesispytest")
 MODULES = ("test_audit_database", "test_audit_exports", "test_coordinator_data",
            "test_redis_streams", "test_backups")
-BROKEN_ON_MOTO = "RC-ARC-1"
 PARALLEL_RUNS = 3
 
 
@@ -88,13 +87,19 @@ class Context:
         return path
 
     def archive_copy(self, *, skip: frozenset[str] = frozenset(),
-                     twice: frozenset[str] = frozenset()) -> RunState:
-        """The run's state pointed at a versioned copy of the archive (some keys left out or
+                     twice: frozenset[str] = frozenset(), default_retention: bool = True
+                     ) -> RunState:
+        """The run's state pointed at a copy of the archive bucket (Object Lock on, with the
+        source's default COMPLIANCE retention unless told otherwise; some keys left out or
         written twice)."""
         objects = self.run.stack.objects
         source = objects.bucket(_archive_bucket(self.run.state))
+        conf = source.bucket_lock_configuration() or {}
+        days = conf.get("Rule", {}).get("DefaultRetention", {}).get("Days")
+        assert days, f"the source archive has no default retention in days: {conf}"
         name = f"archive-copy-{uuid.uuid4().hex[:8]}"
-        target = objects.bucket(name, create=True)
+        target = objects.bucket(name, create=True, object_lock=True,
+                                compliance_days=int(days) if default_retention else None)
         for info in source.list("audit/"):
             if info.key in skip:
                 continue
@@ -247,6 +252,11 @@ def object_overwritten(ctx: Context) -> tuple[RunState, tuple[str, ...]]:
     return ctx.archive_copy(twice=frozenset({_middle_object(ctx)})), ()
 
 
+def unlocked_archive(ctx: Context) -> tuple[RunState, tuple[str, ...]]:
+    """The archive bucket has Object Lock enabled but no default retention rule."""
+    return ctx.archive_copy(default_retention=False), ()
+
+
 def _first_id(clone: Any, query: str) -> str:
     with clone.connect() as conn:
         row = conn.execute(query).fetchone()
@@ -381,6 +391,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              {"RC-EXP-4": "evidence aged out before it was exported"}),
     Scenario("RC-EXP-5-object-overwritten", object_overwritten,
              {"RC-EXP-5": "has 2 versions: it was written more than once"}),
+    Scenario("RC-ARC-1-no-default-retention", unlocked_archive,
+             {"RC-ARC-1": "has Object Lock enabled but no default retention rule"}),
     Scenario("RC-CRD-1-old-terminal-edge", old_terminal_edge,
              {"RC-CRD-1": "(zone"}),
     Scenario("RC-CRD-2-dead-outbox-row-kept", dead_outbox_row_kept,
@@ -500,7 +512,7 @@ def _result(results: Mapping[str, Result | BaseException], scenario_id: str) -> 
 def test_every_control_has_one_check_and_one_scenario() -> None:
     assert set(CHECKS) == {c.clause for c in CONTROLS}
     targeted = {clause for s in SCENARIOS for clause in s.fails}
-    assert targeted == {c.clause for c in CONTROLS} - {BROKEN_ON_MOTO}
+    assert targeted == {c.clause for c in CONTROLS}
     for clause, name in CHECKS.items():
         module = next(importlib.import_module(f"checks.retention.{m}") for m in MODULES
                       if hasattr(importlib.import_module(f"checks.retention.{m}"), name))
@@ -510,15 +522,12 @@ def test_every_control_has_one_check_and_one_scenario() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_violation_fires_only_its_check(results: Mapping[str, Result | BaseException],
                                         scenario: Scenario) -> None:
-    """The targeted check fails naming the violation; every other check passes (ARC-1 broken)."""
+    """The targeted check fails naming the violation; every other retention check passes."""
     outcomes = _result(results, scenario.id).outcomes
     for clause, outcome in sorted(outcomes.items()):
         if clause in scenario.fails:
             assert outcome.status == "failed", (clause, outcome)
             assert scenario.fails[clause] in outcome.message, (clause, outcome.message)
-        elif clause == BROKEN_ON_MOTO:
-            assert outcome.status == "broken", (clause, outcome)
-            assert "substrate moto does not enforce Object Lock" in outcome.message, outcome
         else:
             assert outcome.status == "passed", (clause, outcome)
 
@@ -550,6 +559,11 @@ def test_checks_evaluate_the_restored_data(results: Mapping[str, Result | BaseEx
     missing = found["RC-AUD-5"]["events missing from the restored chains"]["observed"]
     assert sum(missing["absent from the database, explained by dropped partitions (by month)"]
                .values()) == holes["absent events"]
+    probe = found["RC-ARC-1"]["substrate probe"]
+    assert probe["enforces_object_lock"] is True
+    assert probe["substrate"] == "moto+compliance-lock"
+    lock = found["RC-ARC-1"]["archive object lock"]["observed"]["object lock configuration"]
+    assert lock["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
     scan = found["RC-BAK-4"]["secret scan of the bundle"]["observed"]
     assert "auditHmacKey" in scan["secrets searched"]
     assert any("pg_restore" in s for s in scan["locations scanned"])
@@ -596,6 +610,8 @@ def test_archive_lock_check_passes_a_compliant_bucket_and_refuses_moto() -> None
         module.test_archive_enforces_compliance_object_lock(_FakeStore(_probe(False), good),
                                                             _settings())
     assert archive.default_retention_days({"Years": 2}) == 730
+    assert archive.default_retention_days({"Days": 0, "Years": 1}) == 365
+    assert archive.default_retention_days({"Days": 400, "Years": 0}) == 400
 
 
 @dataclasses.dataclass

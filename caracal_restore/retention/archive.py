@@ -32,11 +32,15 @@ def require_enforcing(probe: ImmutabilityProbe) -> None:
 
 
 def default_retention_days(rule: Mapping[str, Any]) -> int | None:
-    """Days of an Object Lock DefaultRetention (``Days`` or ``Years``), None when neither."""
-    if "Days" in rule:
-        return int(rule["Days"])
-    if "Years" in rule:
-        return int(rule["Years"]) * _YEAR_DAYS
+    """Days of an Object Lock DefaultRetention (``Days`` or ``Years``), None when neither.
+
+    Some S3 implementations return both fields, the unused one as 0.
+    """
+    days, years = int(rule.get("Days") or 0), int(rule.get("Years") or 0)
+    if days:
+        return days
+    if years:
+        return years * _YEAR_DAYS
     return None
 
 

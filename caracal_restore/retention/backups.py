@@ -13,8 +13,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 
-from caracal_restore.retention.common import Evaluation, iso
 from caracal_restore.inspect.assets import LeakScan
+from caracal_restore.retention.common import Evaluation, iso
 
 
 def location_of(source: str) -> str:

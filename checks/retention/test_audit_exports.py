@@ -2,7 +2,7 @@
 
 The hourly Parquet archive (FACTS-1.0 §6, §20 A5/R1) is compared with the restored database
 as of the backup's watermark; the archive bucket's Object Lock is judged only on a substrate
-observed to enforce it.
+observed to enforce it (the probe's verdict, never the provider's name).
 """
 
 from __future__ import annotations
@@ -113,10 +113,11 @@ def test_archive_enforces_compliance_object_lock(
 
     The substrate is probed first: a COMPLIANCE retention must resist being shortened and a
     locked version must resist deletion. On a substrate that does not enforce Object Lock the
-    check is broken with that reason, never passed — by design on the embedded default (moto
-    accepts shortening a COMPLIANCE retention). On an enforcing substrate the bucket must have
-    Object Lock enabled and a default COMPLIANCE retention of at least
-    ``--archive-min-retention-days`` (the exporter sends no lock headers of its own).
+    check is broken with that reason, never passed — plain moto (it accepts shortening a
+    COMPLIANCE retention) or a ``dir`` store. The embedded default, ``moto+compliance-lock``,
+    refuses both as S3 does, so there the configuration is judged: Object Lock enabled and a
+    default COMPLIANCE retention of at least ``--archive-min-retention-days`` (the exporter
+    sends no lock headers of its own, so without a default rule its objects are unlocked).
     """
     probe = archive_store.probe_immutability()
     evidence.json("substrate probe", dataclasses.asdict(probe)

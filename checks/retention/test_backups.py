@@ -13,8 +13,8 @@ from pathlib import Path
 import redis as redis_lib
 
 from caracal_restore.environments.postgres import PostgresServer
-from caracal_restore.retention import BackupClock, backups
 from caracal_restore.inspect.assets import scan_bundle_for_secrets
+from caracal_restore.retention import BackupClock, backups
 from caracal_restore.runstate import RunState
 from checks.retention.expectations import control_of
 from fixtures import evidence
