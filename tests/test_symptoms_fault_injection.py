@@ -44,8 +44,10 @@ from caracal_restore.diagnose import routing as routing_diag
 from caracal_restore.diagnose._common import http_client
 from caracal_restore.envelope import parse_kek
 from caracal_restore.parquet_export import ArchiveIndex, read_archive
+from caracal_restore.profiles.release_2026_06 import PROFILE
 from caracal_restore.redact import REDACTOR
 from caracal_restore.runstate import RunState
+from fixtures.diagnostics import sealed_columns
 from tests.harness import ClonedRun, PreparedRun, clone_run, prepared_run, run_checks_on
 
 pytestmark = pytest.mark.slow
@@ -94,7 +96,8 @@ def diagnose_all(clone: ClonedRun, env: Env,
     try:
         with clone.connect() as conn:
             kek = kek_diag.diagnose_offline(conn, values.get("zoneKek"), fingerprint=fp,
-                                            expected_kids=env.canary_kids)
+                                            expected_kids=env.canary_kids,
+                                            columns=sealed_columns(PROFILE))
             chain, _report = chain_diag.diagnose(conn, hmac_key_hex=values.get("auditHmacKey"),
                                                  fingerprint=fp, archive=env.archive)
             routing = routing_diag.diagnose_offline(conn, fingerprint=fp)
@@ -334,8 +337,7 @@ def test_wrong_kek_names_every_zone_and_not_corruption(env: Env) -> None:
     sealed = kek.observed["sealed_values"]
     assert {loc: v["failed"] == v["rows"] for loc, v in sealed.items()} == dict.fromkeys(
         sealed, True)
-    assert set(sealed) == {"secrets.ciphertext", "providers.secret_config_ct",
-                           "provider_grants.access_token_ct", "provider_grants.refresh_token_ct"}
+    assert set(sealed) == {s.id for s in PROFILE.sealed_locations}
 
 
 def test_corrupted_row_is_named_with_its_zone(env: Env) -> None:
@@ -347,7 +349,7 @@ def test_corrupted_row_is_named_with_its_zone(env: Env) -> None:
         kek = diagnose_all(clone, env)[SYMPTOM_KEK]
     (finding,) = kek.of("sealed-rows-corrupt")
     assert finding.zone_id == zone
-    assert finding.subject.startswith("secrets.ciphertext row ")
+    assert finding.subject.startswith("signing-keys row ")
     assert "authentication failed" in finding.detail
 
 

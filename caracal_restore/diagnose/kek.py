@@ -16,6 +16,10 @@ have issued tokens.
 Online (``probe_jwks``, ``probe_canary_exchange``): the STS's JWKS per zone and a canary token
 exchange; ``500 signing key decryption failed`` and ``500 token issuance failed`` map to this
 symptom, and a key id the restored database never held means STS minted a new key.
+
+Release 1.0 (``SECRET_STORE_KEK``, CSS1 envelopes with a key id and a location AAD, FACTS-1.0
+§7) is handled by the same code with ``fmt="css1"``: there the envelope's kekId names a KEK
+mismatch directly, per envelope; the locations come from the release profile.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from caracal_restore.diagnose._common import (
     error_of,
     exists,
     fingerprint_table,
+    has_column,
     table_digests,
 )
 
@@ -58,9 +63,21 @@ class SealedColumn:
     id: str
     table: str
     ciphertext: str
-    #: Column of the 12-byte nonce; None for the packed layout nonce‖ct‖tag.
+    #: Column of the 12-byte nonce; None for the packed layout nonce‖ct‖tag (or CSS1).
     nonce: str | None
     plaintext: Plaintext
+    #: CSS1 only: the location's AAD, or the column whose value is the AAD (``ref``).
+    aad: str = ""
+    aad_column: str = ""
+    #: Column naming the row in findings, and an SQL filter on the rows ('' = all).
+    id_column: str = "id"
+    where: str = ""
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> SealedColumn:
+        """From a release profile's ``SealedSpec`` (same fields, the profile's names)."""
+        return cls(spec.id, spec.table, spec.column, spec.nonce_column or None, spec.plaintext,
+                   spec.aad, spec.aad_column, spec.id_column, spec.where)
 
 
 #: Every sealed location of release 2026.06, in the order the facts list them.
@@ -82,9 +99,11 @@ class OpenResult:
     location: str
     row_id: str
     zone_id: str
-    #: opened | aead | layout | plaintext
+    #: opened | aead | foreign-kek | layout | plaintext
     outcome: str
     reason: str = ""
+    #: CSS1: the envelope's kekId (hex)
+    kek_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -92,22 +111,38 @@ class OpenResult:
         return self.outcome == "opened"
 
 
-def open_value(kek: bytes, column: SealedColumn, ciphertext: bytes | None,
-               nonce: bytes | None) -> tuple[str, str]:
-    """Open one stored value as STS/API would; returns (outcome, reason)."""
+def open_value(kek: bytes | Sequence[bytes], column: SealedColumn, ciphertext: bytes | None,
+               nonce: bytes | None, *, fmt: str = "zone-chacha20",
+               aad: str = "") -> tuple[str, str]:
+    """Open one stored value as STS/API would; returns (outcome, reason).
+
+    ``fmt`` ``zone-chacha20`` (2026.06; ``kek`` is the KEK) or ``css1`` (1.0; ``kek`` may be a
+    keyring, current first; ``aad`` is the location's AAD).
+    """
     if ciphertext is None:
         return "layout", "ciphertext is NULL while the row expects a sealed value"
+    keys = [kek] if isinstance(kek, bytes) else list(kek)
     try:
-        if column.nonce is None:
-            plain = envelope.zone_open_packed(kek, bytes(ciphertext))
+        if fmt == "css1":
+            plain = envelope.css1_open(keys, bytes(ciphertext), aad)
+        elif column.nonce is None:
+            plain = envelope.zone_open_packed(keys[0], bytes(ciphertext))
         else:
             if nonce is None:
                 return "layout", "nonce is NULL"
-            plain = envelope.zone_open(kek, bytes(ciphertext), bytes(nonce))
+            plain = envelope.zone_open(keys[0], bytes(ciphertext), bytes(nonce))
     except envelope.EnvelopeError as exc:
-        outcome = "aead" if "authentication failed" in str(exc) else "layout"
-        return outcome, str(exc)
+        return _outcome_of(exc), str(exc)
     return _check_plaintext(column.plaintext, plain)
+
+
+def _outcome_of(exc: envelope.EnvelopeError) -> str:
+    text = str(exc)
+    if "different KEK" in text:
+        return "foreign-kek"
+    if "authentication failed" in text or "rejected" in text:
+        return "aead"
+    return "layout"
 
 
 def _check_plaintext(kind: Plaintext, plain: bytes) -> tuple[str, str]:
@@ -137,22 +172,30 @@ def _check_plaintext(kind: Plaintext, plain: bytes) -> tuple[str, str]:
     return "opened", ""
 
 
-def open_all(conn: psycopg.Connection[Any], kek: bytes,
-             columns: Sequence[SealedColumn] = SEALED_2026_06) -> list[OpenResult]:
+def open_all(conn: psycopg.Connection[Any], kek: bytes | Sequence[bytes],
+             columns: Sequence[SealedColumn] = SEALED_2026_06, *,
+             fmt: str = "zone-chacha20") -> list[OpenResult]:
     """Open every sealed value of every location (rows with no sealed value are skipped)."""
     results: list[OpenResult] = []
     for column in columns:
         if not exists(conn, column.table):
             continue
-        nonce = sql.Identifier(column.nonce) if column.nonce else sql.SQL("NULL::bytea")
+        def col(name: str | None) -> sql.Composable:
+            return sql.Identifier(name) if name else sql.SQL("NULL")
+        zone = col("zone_id" if has_column(conn, column.table, "zone_id") else None)
         query = sql.SQL(
-            "SELECT id::text, zone_id::text, {ct}, {nonce} FROM {table}"
-            " WHERE {ct} IS NOT NULL OR {nonce} IS NOT NULL ORDER BY zone_id, id"
-        ).format(ct=sql.Identifier(column.ciphertext), nonce=nonce,
-                 table=sql.Identifier(column.table))
-        for row_id, zone_id, ct, nc in conn.execute(query).fetchall():
-            outcome, reason = open_value(kek, column, ct, nc)
-            results.append(OpenResult(column.id, row_id, zone_id, outcome, reason))
+            "SELECT {ident}::text, {zone}::text, {ct}, {nonce}::bytea, {aad}::text FROM {table}"
+            " WHERE ({ct} IS NOT NULL OR {nonce} IS NOT NULL){where} ORDER BY 2, 1"
+        ).format(ident=sql.Identifier(column.id_column), zone=zone,
+                 ct=sql.Identifier(column.ciphertext), nonce=col(column.nonce),
+                 aad=col(column.aad_column or None), table=sql.Identifier(column.table),
+                 where=sql.SQL(f" AND ({column.where})" if column.where else ""))
+        for row_id, zone_id, ct, nc, aad_value in conn.execute(query).fetchall():
+            outcome, reason = open_value(kek, column, ct, nc, fmt=fmt,
+                                         aad=aad_value or column.aad)
+            kek_id = bytes(ct[4:12]).hex() if fmt == "css1" and ct is not None else ""
+            results.append(OpenResult(column.id, row_id, zone_id or "", outcome, reason,
+                                      kek_id))
     return results
 
 
@@ -199,11 +242,14 @@ def diagnose_offline(
     lineage_table: str = "sessions",
     expected_kids: Sequence[str] = (),
     kek_secret: str = "zoneKek",
+    columns: Sequence[SealedColumn] = SEALED_2026_06,
+    fmt: str = "zone-chacha20",
 ) -> Diagnosis:
     """Open every sealed value with the restored KEK and look for missing signing keys.
 
     ``fingerprint`` is the source database's (None: internal consistency only);
-    ``expected_kids`` are signing key ids known to exist in the source (the canary's inputs).
+    ``expected_kids`` are signing key ids known to exist in the source (the canary's inputs);
+    ``columns``/``fmt`` are the release's sealed locations and envelope format.
     """
     findings: list[Finding] = []
     notes: list[str] = []
@@ -220,8 +266,10 @@ def diagnose_offline(
             findings.append(Finding("kek-unusable", f"secret {kek_secret}",
                                     f"not a usable ZONE_KEK ({exc})"))
     if kek is not None:
-        results = open_all(conn, kek)
-        findings += _classify_opens(results, observed)
+        results = open_all(conn, kek, columns, fmt=fmt)
+        if fmt == "css1":
+            observed["restored_kek_id"] = envelope.kek_id(kek).hex()
+        findings += _classify_opens(results, observed, kek_secret)
     else:
         notes.append("sealed values not opened: no usable KEK")
     keys = signing_keys(conn)
@@ -231,8 +279,13 @@ def diagnose_offline(
     return Diagnosis(SYMPTOM_KEK, tuple(findings), observed, tuple(notes))
 
 
-def _classify_opens(results: list[OpenResult], observed: dict[str, Any]) -> list[Finding]:
-    """All fail: the KEK is wrong. Some fail: those rows are damaged."""
+def _classify_opens(results: list[OpenResult], observed: dict[str, Any],
+                    kek_secret: str = "zoneKek") -> list[Finding]:
+    """All fail: the KEK is wrong. Some fail: those rows are damaged.
+
+    A CSS1 envelope names its KEK: one sealed under another kekId is a KEK mismatch whatever
+    the others do.
+    """
     failed = [r for r in results if not r.ok]
     per_location = collections.Counter(r.location for r in results)
     observed["sealed_values"] = {
@@ -242,6 +295,19 @@ def _classify_opens(results: list[OpenResult], observed: dict[str, Any]) -> list
     observed["failed_opens"] = [dataclasses.asdict(r) for r in failed]
     if not failed:
         return []
+    foreign = [r for r in failed if r.outcome == "foreign-kek"]
+    if foreign:
+        by_zone: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for r in foreign:
+            by_zone[r.zone_id or "(no zone)"][r.kek_id] += 1
+        out = [Finding("kek-mismatch", f"zone {zone}",
+                       "envelopes sealed under another KEK than the restored " + kek_secret
+                       + " (kekId " + observed.get("restored_kek_id", "?") + "): "
+                       + ", ".join(f"{n} under kekId {k}" for k, n in sorted(ids.items())),
+                       zone if zone != "(no zone)" else None)
+               for zone, ids in sorted(by_zone.items())]
+        rest = [r for r in failed if r.outcome != "foreign-kek"]
+        return out + [_corrupt(r, results, failed) for r in rest]
     undecryptable = [r for r in failed if r.outcome == "aead"]
     if len(undecryptable) == len(results):
         zones: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -254,12 +320,13 @@ def _classify_opens(results: list[OpenResult], observed: dict[str, Any]) -> list
                     + "): chacha20poly1305: message authentication failed", zone)
             for zone, counts in sorted(zones.items())
         ]
-    return [
-        Finding("sealed-rows-corrupt", f"{r.location} row {r.row_id} (zone {r.zone_id})",
-                f"{r.reason}; {len(results) - len(failed)} of {len(results)} sealed values "
-                "open under the same KEK", r.zone_id)
-        for r in failed
-    ]
+    return [_corrupt(r, results, failed) for r in failed]
+
+
+def _corrupt(r: OpenResult, results: list[OpenResult], failed: list[OpenResult]) -> Finding:
+    return Finding("sealed-rows-corrupt", f"{r.location} row {r.row_id} (zone {r.zone_id or '-'})",
+                   f"{r.reason}; {len(results) - len(failed)} of {len(results)} sealed values "
+                   "open under the same KEK", r.zone_id or None)
 
 
 def _missing_signing_keys(
@@ -278,27 +345,40 @@ def _missing_signing_keys(
         if kid not in restored:
             findings.append(Finding("signing-keys-missing", f"signing key {kid}",
                                     "known to exist in the source, absent after restore"))
-    issuing: dict[str, int] = {}
+    issuing: dict[str, tuple[int, int]] = {}
     if exists(conn, lineage_table):
-        issuing = dict(conn.execute(sql.SQL(
-            "SELECT zone_id::text, count(*) FROM {} GROUP BY zone_id ORDER BY zone_id"
-        ).format(sql.Identifier(lineage_table))).fetchall())
-    observed["token_lineage_rows_per_zone"] = issuing
-    for zone, sessions in sorted(issuing.items()):
-        if zone not in keys:
+        live = (sql.SQL("count(*) FILTER (WHERE expires_at > now())")
+                if has_column(conn, lineage_table, "expires_at") else sql.SQL("count(*)"))
+        issuing = {z: (int(n), int(u)) for z, n, u in conn.execute(sql.SQL(
+            "SELECT zone_id::text, count(*), {} FROM {} GROUP BY zone_id ORDER BY zone_id"
+        ).format(live, sql.Identifier(lineage_table))).fetchall()}
+    observed["token_lineage_rows_per_zone"] = {z: {"rows": n, "unexpired": u}
+                                               for z, (n, u) in issuing.items()}
+    source = fingerprint_table(fingerprint, "secrets")
+    now = (table_digests(conn, ["secrets"]).get("secrets", {"rows": 0, "sha256": None})
+           if source is not None else None)
+    rows_lost = source is not None and now is not None and now["rows"] < source["rows"]
+    for zone, (sessions, unexpired) in sorted(issuing.items()):
+        if zone in keys:
+            continue
+        if unexpired or rows_lost:
+            why = (f"{unexpired} of its {sessions} {lineage_table} rows are unexpired tokens"
+                   if unexpired else f"{sessions} {lineage_table} rows show STS issued tokens "
+                   "here and the source had more secrets rows")
             findings.append(Finding(
                 "signing-keys-missing", f"zone {zone}",
-                f"{sessions} {lineage_table} rows show STS issued tokens in this zone, but it has "
-                "no zone_signing_key row: STS would mint a new key on first signing and every "
-                "earlier token would stop verifying", zone))
-    source = fingerprint_table(fingerprint, "secrets")
-    if source is None:
-        notes.append("no source fingerprint: missing key rows judged from the zones that issued "
-                     "tokens only (internal consistency)")
+                f"no zone_signing_key row although {why}: STS would mint a new key on first "
+                "signing and every earlier token would stop verifying", zone))
+        else:
+            notes.append(f"zone {zone}: {sessions} {lineage_table} rows, all expired, and no "
+                         "signing key: STS will mint one on first signing; no live token "
+                         "depends on an earlier key")
+    if source is None or now is None:
+        notes.append("no source fingerprint: missing key rows judged from the zones whose "
+                     "tokens depend on them (internal consistency)")
         return findings
-    now = table_digests(conn, ["secrets"]).get("secrets", {"rows": 0, "sha256": None})
     observed["secrets_table"] = {"source": source, "restored": now}
-    if now["rows"] < source["rows"]:
+    if rows_lost:
         named = {f.zone_id for f in findings if f.zone_id}
         findings.append(Finding(
             "signing-keys-missing", "table secrets",
@@ -396,16 +476,20 @@ class CanaryExchange:
 
 
 def canary_exchange(client: httpx.Client, sts_url: str, *, zone_id: str, application_id: str,
-                    client_secret: str, resource: str) -> CanaryExchange:
-    """The minimal token exchange of FACTS-2026.06 §7.2 (client credentials, one resource)."""
+                    client_secret: str, resource: str, scope: str = "") -> CanaryExchange:
+    """The minimal token exchange of FACTS-2026.06 §7.2 (client credentials, one resource).
+
+    ``scope``: what the release's bootstrap exchange must request ('' = none; 1.0 requires
+    ``agent:lifecycle``).
+    """
     request_id = f"caracal-restore-{uuid.uuid4()}"
-    reply = client.post(
-        f"{sts_url.rstrip('/')}/oauth/2/token",
-        data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-              "zone_id": zone_id, "application_id": application_id,
-              "client_secret": client_secret, "resource": resource},
-        headers={"X-Request-Id": request_id},
-    )
+    form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "zone_id": zone_id, "application_id": application_id,
+            "client_secret": client_secret, "resource": resource}
+    if scope:
+        form["scope"] = scope
+    reply = client.post(f"{sts_url.rstrip('/')}/oauth/2/token", data=form,
+                        headers={"X-Request-Id": request_id})
     status, description = error_of(reply)
     kid = None
     if status == 200:

@@ -34,8 +34,9 @@ def test_audit_chain_verifies(chain_diagnosis: tuple[Diagnosis, Report]) -> None
 
 @control("SY-2.b", feature=SYMPTOM_CHAIN, grade="verified", severity=Severity.CRITICAL)
 def test_rehash_marker_is_restored(chain_diagnosis: tuple[Diagnosis, Report]) -> None:
-    """SY-2.b The audit_chain_rehash marker row is restored with the audit rows (else starting
-    the 2026.06 Audit service re-signs every chain under its current key)."""
+    """SY-2.b The audit_chain_rehash marker row is restored with the audit rows (else an Audit
+    service running as the table owner, as every 2026.06 service does, re-signs every chain
+    under its current key on start)."""
     diagnosis, _report = chain_diagnosis
     found = diagnosis.only(MARKER)
     evidence.json("marker findings", found.as_dict())

@@ -16,6 +16,7 @@ import httpx
 from caracal_restore.diagnose import SYMPTOM_KEK, Diagnosis
 from caracal_restore.diagnose import kek as kek_diag
 from caracal_restore.errors import EnvironmentNotReady
+from caracal_restore.profiles import Profile
 from caracal_restore.runstate import CanaryInputs, ServicesInfo
 from fixtures import evidence
 from fixtures.controls import Severity, control
@@ -52,7 +53,8 @@ def test_signing_key_rows_survive_the_restore(kek_diagnosis: Diagnosis) -> None:
     evidence.json("token lineage rows per zone",
                   kek_diagnosis.observed.get("token_lineage_rows_per_zone"))
     evidence.json("secrets table: source vs restored", kek_diagnosis.observed.get("secrets_table"))
-    evidence.text("basis", "\n".join(kek_diagnosis.notes) or "fingerprint of the source")
+    evidence.text("basis and notes",
+                  "\n".join(kek_diagnosis.notes) or "fingerprint of the source")
     assert not found.present, found.explain()
 
 
@@ -72,18 +74,18 @@ def test_sts_publishes_every_restored_signing_key(
 
 @control("SY-1.d", feature=SYMPTOM_KEK, grade="demonstrated", severity=Severity.CRITICAL)
 def test_canary_exchange_signs_with_a_restored_key(
-    live_services: ServicesInfo, service_http: httpx.Client, canary: CanaryInputs,
+    live_services: ServicesInfo, service_http: httpx.Client, live_canary: CanaryInputs,
     restored_signing_keys: Mapping[str, list[kek_diag.SigningKeyRow]],
-    kek_diagnosis: Diagnosis,
+    kek_diagnosis: Diagnosis, profile: Profile,
 ) -> None:
     """SY-1.d A canary token exchange succeeds and its token is signed with a restored signing
     key ('500 token issuance failed' or a freshly minted key id name this symptom's cause)."""
     exchange = kek_diag.canary_exchange(
-        service_http, _sts(live_services), zone_id=canary.zone_id,
-        application_id=canary.application_id, client_secret=canary.client_secret,
-        resource=canary.resource_identifier)
-    diagnosis = kek_diag.probe_canary_exchange(exchange, canary.zone_id, restored_signing_keys,
-                                               offline=kek_diagnosis)
+        service_http, _sts(live_services), zone_id=live_canary.zone_id,
+        application_id=live_canary.application_id, client_secret=live_canary.client_secret,
+        resource=live_canary.resource_identifier, scope=profile.canary_scope)
+    diagnosis = kek_diag.probe_canary_exchange(exchange, live_canary.zone_id,
+                                               restored_signing_keys, offline=kek_diagnosis)
     observed: dict[str, Any] = dict(diagnosis.observed)
     evidence.json("canary exchange", observed)
     assert not diagnosis.present, diagnosis.explain()

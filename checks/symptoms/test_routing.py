@@ -69,7 +69,8 @@ def test_gateway_routes_every_resource(bindings_release: Profile, live_services:
                                        restored_conn: psycopg.Connection[Any]) -> None:
     """SY-3.d A protected request to every resource that must route finds its binding at the
     Gateway (no '403 resource not configured')."""
-    wanted = routing_diag.routes(restored_conn)
+    wanted = routing_diag.routes(
+        restored_conn, bindings_release.control_audience or routing_diag.CONTROL_AUDIENCE)
     diagnosis = routing_diag.probe_routes(service_http, _gateway(live_services), wanted)
     evidence.json("route probes", diagnosis.observed)
     assert wanted, "no resource must route: the probe proved nothing"
@@ -82,8 +83,9 @@ def test_gateway_loaded_every_binding(bindings_release: Profile, live_services: 
                                       restored_secrets: Mapping[str, str]) -> None:
     """SY-3.e The Gateway's caracal_gateway_bindings_loaded equals the binding rows of the
     database it runs on (a difference is a map it did not reload: a stale revision)."""
-    loaded = routing_diag.bindings_loaded(service_http, _gateway(live_services),
-                                          restored_secrets.get("metricsBearer"))
+    loaded = routing_diag.bindings_loaded(
+        service_http, _gateway(live_services),
+        restored_secrets.get(bindings_release.metrics_bearer_secret or "metricsBearer"))
     with psycopg.connect(services_db.conninfo(), autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM gateway_resource_bindings").fetchone()
     rows = int(row[0]) if row else 0
