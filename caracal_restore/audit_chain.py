@@ -425,7 +425,8 @@ class _ZoneScan:
         rows = keyed = unsigned = 0
         name = f"caracal_chain_{next(ctx.cursor_ids)}"
         with ctx.conn.cursor(name=name, binary=True) as cur:
-            cur.execute(f"SELECT {self.select} WHERE {self.where} ORDER BY chain_seq",
+            cur.execute(f"SELECT {self.select} WHERE {self.where}"
+                        " ORDER BY chain_seq, id COLLATE \"C\", occurred_at",
                         (zone,) if zone is not None else None)
             while batch := cur.fetchmany(ctx.batch_size):
                 rows += len(batch)
