@@ -971,7 +971,10 @@ def _run_workers(jobs: Sequence[_WorkerJob]) -> list[dict[bytes, _ZoneTally]]:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.wait()
 
 
 def default_workers() -> int:
