@@ -57,6 +57,7 @@ def _gitlab(env: Mapping[str, str]) -> dict[str, Any]:
 
 def run_reference(env: Mapping[str, str]) -> dict[str, str]:
     """CI identifiers for the manifest and summary (empty for a local run)."""
+    keys: tuple[str, ...]
     if env.get("GITHUB_RUN_ID"):
         keys = ("GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT", "GITHUB_SHA",
                 "GITHUB_REF", "GITHUB_WORKFLOW")

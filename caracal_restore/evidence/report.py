@@ -2,8 +2,11 @@
 
 Allure 3 is a Node.js tool (Node >= 20). When Node or npx is missing, or too old, nothing is
 rendered and the function says so and succeeds: the raw results in ``allure-results/`` remain
-the evidence. History across runs is kept in one JSON-lines file (``reports/history/``) that
-Allure 3 reads and appends to; CI jobs carry it from run to run (see ``examples/``).
+the evidence. Allure 3 takes failure categories from its configuration (JavaScript regexes,
+searched), not from ``categories.json`` in the results (Allure 2: Java regexes, whole message),
+so the run's ``categories.json`` is converted into the configuration. History across runs is
+kept in one JSON-lines file (``reports/history/``) that Allure 3 reads and appends to; CI jobs
+carry it from run to run (see ``examples/``).
 """
 
 from __future__ import annotations
@@ -37,12 +40,38 @@ def node_major(node: str, runner: Runner = subprocess.run) -> int | None:
     return int(match.group(1)) if proc.returncode == 0 and match else None
 
 
-def _config(template: Path, output: Path, history: Path, name: str | None) -> dict[str, Any]:
+def js_regex(java: str) -> str:
+    """An Allure 2 ``messageRegex`` (Java, whole-message match) as an Allure 3 one (JavaScript,
+    searched): ``(?s).*X.*`` becomes ``X``; an unanchored end or start becomes ``$`` / ``^``."""
+    pattern = java[4:] if java.startswith("(?s)") else java
+    start = not pattern.startswith(".*")
+    end = not pattern.endswith(".*") or pattern.endswith("\\.*")
+    pattern = pattern[2:] if not start else pattern
+    pattern = pattern[:-2] if not end else pattern
+    return ("^" if start else "") + pattern + ("$" if end else "")
+
+
+def js_categories(categories: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``categories.json`` (Allure 2 format, kept in the results) for Allure 3's config."""
+    out = []
+    for category in categories:
+        converted = dict(category)
+        for key in ("messageRegex", "traceRegex"):
+            if key in converted:
+                converted[key] = js_regex(str(converted[key]))
+        out.append(converted)
+    return out
+
+
+def _config(template: Path, output: Path, history: Path, name: str | None,
+            categories: Path | None) -> dict[str, Any]:
     config: dict[str, Any] = json.loads(template.read_text()) if template.exists() else {}
     config["output"] = str(output.resolve())
     config["historyPath"] = str(history.resolve())
     if name:
         config["name"] = name
+    if categories is not None and categories.exists() and "categories" not in config:
+        config["categories"] = js_categories(json.loads(categories.read_text()))
     return config
 
 
@@ -76,7 +105,11 @@ def render(results: Path, output: Path, *, history: Path, template: Path | None 
     template = template or REPORTS_CONFIG_DIR / "allurerc.json"
     with tempfile.TemporaryDirectory(prefix="caracal-allure-") as tmp:
         config_path = Path(tmp) / "allurerc.json"
-        config_path.write_text(json.dumps(_config(template, output, history, name), indent=2))
+        categories = results / "categories.json"
+        if not categories.exists():
+            categories = REPORTS_CONFIG_DIR / "categories.json"
+        config_path.write_text(json.dumps(_config(template, output, history, name, categories),
+                                          indent=2))
         command: Sequence[str] = [npx, "--yes", package, "generate", str(results.resolve()),
                                   "--config", str(config_path), "--output", str(output.resolve())]
         echo("rendering: " + " ".join(command))

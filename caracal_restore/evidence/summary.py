@@ -98,8 +98,8 @@ class GateOutcome:
     reasons: list[str] = dataclasses.field(default_factory=list)
     expected: int = 0
     evaluated: int = 0
-    expired_waivers: list[Mapping[str, str]] = dataclasses.field(default_factory=list)
-    unused_waivers: list[Mapping[str, str]] = dataclasses.field(default_factory=list)
+    expired_waivers: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    unused_waivers: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 def worst(verdicts: Iterable[str]) -> str:
@@ -124,7 +124,7 @@ def build(results: Sequence[CheckResult], run: RunFacts, gate: GateOutcome,
     by_control: dict[str, list[CheckResult]] = {}
     for result in sorted(results, key=lambda r: (r.control_id, r.nodeid)):
         by_control.setdefault(result.control_id, []).append(result)
-    controls = []
+    controls: list[dict[str, Any]] = []
     for control_id, checks in by_control.items():
         first = checks[0]
         claims: dict[str, set[str]] = {fw: set() for fw in FRAMEWORKS}
@@ -260,12 +260,13 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         checks = "<br>".join(f"`{c['nodeid']}`: {c['verdict']}" for c in row["checks"])
         frameworks = "<br>".join(f"{FRAMEWORK_NAMES[fw]} {', '.join(ids)}"
                                  for fw, ids in row["frameworks"].items())
+        verdict = VERDICT_TEXT.get(row["verdict"], row["verdict"])
         out.append(f"| **{_md(row['control'])}** {_md(row['title'])} | {_md(row['epic'])} | "
-                   f"{_md(row['feature'])} | {_md(VERDICT_TEXT.get(row['verdict'], row['verdict']))}"
-                   f" | {_md(row['grade'])} | {_md(row['severity'])} | {checks or '—'} | "
-                   f"{frameworks or '—'} |")
+                   f"{_md(row['feature'])} | {_md(verdict)} | {_md(row['grade'])} | "
+                   f"{_md(row['severity'])} | {checks or '—'} | {frameworks or '—'} |")
     out += ["", "## Framework controls", "",
-            "| Framework | Control | Title | Verdict | Evidenced by |", "| --- | --- | --- | --- | --- |"]
+            "| Framework | Control | Title | Verdict | Evidenced by |",
+            "| --- | --- | --- | --- | --- |"]
     for row in doc["framework_controls"]:
         out.append(f"| {FRAMEWORK_NAMES[row['framework']]} | {_md(row['control'])} | "
                    f"{_md(row['title'])} | {_md(row['verdict'])} | "
@@ -284,7 +285,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
                 "| --- | --- | --- | --- | --- | --- |"]
         for w in doc["waived"]:
             out.append(f"| `{_md(w['nodeid'])}` | applied | {_md(w.get('justification'))} | "
-                       f"{_md(w.get('owner'))} | {_md(w.get('ticket'))} | {_md(w.get('expires'))} |")
+                       f"{_md(w.get('owner'))} | {_md(w.get('ticket'))} | "
+                       f"{_md(w.get('expires'))} |")
         for state, entries in (("EXPIRED", gate["expired_waivers"]),
                                ("matches no check", gate["unused_waivers"])):
             for w in entries:

@@ -1,7 +1,8 @@
 """Waivers: accepted, dated exceptions to a check, from one data file (TOML or JSON).
 
-Every waiver names the check (a control id such as ``SY-3``, one parameter ``SY-3[zone-a]``,
-or a full node id), a justification, an owner, a ticket and an expiry date; all are required.
+Every waiver names the check (a control id such as ``SY-3``, one parameter by its clause id
+``SY-4.a.sessions`` or as ``SY-4.a[SY-4.a.sessions]``, or a full node id), a justification,
+an owner, a ticket and an expiry date; all are required.
 A waiver turns a *failure* (an ``assert``) into *waived*; it never hides a broken check. An
 expired waiver waives nothing and fails the ``--gate``.
 
@@ -50,7 +51,7 @@ class Waiver:
         """True when this waiver covers the check ``nodeid`` of control ``control_id``."""
         if self.check in (control_id, nodeid):
             return True
-        return param_id is not None and self.check == f"{control_id}[{param_id}]"
+        return param_id is not None and self.check in (param_id, f"{control_id}[{param_id}]")
 
     def reason(self) -> str:
         """The text shown for a waived result (``waived`` first, so categories can match it)."""
