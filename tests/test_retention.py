@@ -671,6 +671,8 @@ def test_backup_policy_verdicts() -> None:
     assert backups.location_of("/var/backups/b.tar.gz") == "/var/backups"
     with pytest.raises(LookupError):
         backups.recovery_time({}, 10)
+    with pytest.raises(LookupError, match="no restore time"):
+        backups.recovery_point(("b1", created), [], None, 24)
 
 
 def test_stream_bounds_warn_and_fail() -> None:

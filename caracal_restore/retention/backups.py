@@ -29,10 +29,12 @@ def location_of(source: str) -> str:
 def recovery_point(
     restored_bundle: tuple[str, dt.datetime],
     history: Sequence[tuple[str, dt.datetime]] | None,
-    restored_at: dt.datetime,
+    restored_at: dt.datetime | None,
     rpo_hours: int,
 ) -> Evaluation:
     """RC-BAK-1: the newest backup's age when the restore ran is within the RPO."""
+    if restored_at is None:
+        raise LookupError("the run recorded no restore time: the backup's age is unknown")
     candidates = [restored_bundle, *(history or ())]
     name, newest = max(candidates, key=lambda c: c[1])
     age = restored_at - newest

@@ -111,7 +111,7 @@ def terminal_outbox(
 
 
 def expected_deletions(
-    conn: psycopg.Connection[Any], restore_time: dt.datetime, settings: RetentionSettings
+    conn: psycopg.Connection[Any], restore_time: dt.datetime | None, settings: RetentionSettings
 ) -> dict[str, Any]:
     """What the Coordinator's first cleaner run after start deletes, at the restore-time clock.
 
@@ -119,6 +119,8 @@ def expected_deletions(
     (FACTS-1.0 §12.4: windows apply relative to the restore-time clock). Also the active
     edges its first step would expire (deleted by a later run, once past the window).
     """
+    if restore_time is None:
+        return {"clock": None, "not computed": "the run recorded no restore time"}
     edges = conn.execute(_edge_query(settings), {
         "before": restore_time - settings.delegation_retention, "at": restore_time}).fetchall()
     outbox = conn.execute(_outbox_query(), {

@@ -107,6 +107,13 @@ def read_watermark(conn: psycopg.Connection[Any], name: str = WATERMARK_NAME
     return (row[0], row[1]) if row else None
 
 
+def watermark_hour(conn: psycopg.Connection[Any], name: str = WATERMARK_NAME
+                   ) -> dt.datetime | None:
+    """The restored ``last_exported_hour`` (None when the row is absent)."""
+    row = read_watermark(conn, name)
+    return row[0] if row else None
+
+
 # ------------------------------------------------------------------------- RC-EXP-1
 
 

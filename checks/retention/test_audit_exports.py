@@ -8,7 +8,6 @@ observed to enforce it (the probe's verdict, never the provider's name).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -16,34 +15,23 @@ import psycopg
 from caracal_restore.environments.objectstore import ObjectStore
 from caracal_restore.parquet_export import ArchiveIndex
 from caracal_restore.retention import RetentionSettings, archive, audit, exports
-from caracal_restore.runstate import RunState
 from checks.retention.expectations import control_of
 from fixtures import evidence
-
-
-def _source_watermark(run_state: RunState) -> tuple[Any, Any] | None:
-    """The watermark row of a live source (only when the run compares with one)."""
-    if run_state.live_source_db is None:
-        return None
-    with psycopg.connect(run_state.live_source_db.read_only().conninfo(),
-                         autocommit=True) as conn:
-        return exports.read_watermark(conn)
+from fixtures.retention import WatermarkSource
 
 
 @control_of("RC-EXP-1")
 def test_export_watermark_equals_the_source(
-    restored_conn: psycopg.Connection[Any], source_fingerprint: Mapping[str, Any] | None,
-    run_state: RunState,
+    restored_conn: psycopg.Connection[Any], watermark_source: WatermarkSource,
 ) -> None:
     """RC-EXP-1 The restored parquet-hourly watermark is the source's at backup time.
 
     Compared with the digest of ``audit_export_watermark`` in the bundle's fingerprint (taken
     in the dump's snapshot), or with a live source; without either it cannot be evaluated.
     """
-    tables = source_fingerprint["tables"] if source_fingerprint else None
-    live = None if tables is not None else _source_watermark(run_state)
-    result = exports.watermark_matches_source(restored_conn, source_tables=tables,
-                                              source_value=live)
+    result = exports.watermark_matches_source(restored_conn,
+                                              source_tables=watermark_source.tables,
+                                              source_value=watermark_source.live_value)
     evidence.json("export watermark", result.evidence())
     assert result.ok, result.message()
 
@@ -57,8 +45,8 @@ def test_every_exported_hour_has_its_object(
     Same event ids, ``chain_hmac``, ``chain_seq`` and ``content_sha256`` (and zone, decision,
     event type, request id, millisecond time) as the restored rows ingested in that hour.
     """
-    mark = exports.read_watermark(restored_conn)
-    result = exports.hours_exported(restored_conn, archive_index, mark[0] if mark else None)
+    result = exports.hours_exported(restored_conn, archive_index,
+                                    exports.watermark_hour(restored_conn))
     evidence.json("export hours against the restored rows", result.evidence())
     assert result.ok, result.message()
 
@@ -84,8 +72,7 @@ def test_nothing_aged_out_before_it_was_exported(
     inside — must be found there.
     """
     holes = audit.chain_holes(restored_conn)
-    mark = exports.read_watermark(restored_conn)
-    result = exports.continuity(holes, archive_index, mark[0] if mark else None)
+    result = exports.continuity(holes, archive_index, exports.watermark_hour(restored_conn))
     evidence.json("evidence continuity", result.evidence())
     assert result.ok, result.message()
 

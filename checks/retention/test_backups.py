@@ -15,7 +15,7 @@ import redis as redis_lib
 from caracal_restore.environments.postgres import PostgresServer
 from caracal_restore.inspect.assets import scan_bundle_for_secrets
 from caracal_restore.retention import BackupClock, backups
-from caracal_restore.runstate import RunState
+from caracal_restore.runstate import BundleInfo, RunState
 from checks.retention.expectations import control_of
 from fixtures import evidence
 from fixtures.options import SuiteConfig
@@ -31,8 +31,6 @@ def test_newest_backup_within_rpo(
     The newest of the restored bundle and the bundles of the backup location, by manifest
     ``createdAt``, against the restore's own time.
     """
-    if backup_time.restored_at is None:
-        raise LookupError("the run recorded no restore time: the backup's age is unknown")
     result = backups.recovery_point(backup_history.restored, backup_history.bundles,
                                     backup_time.restored_at, suite_config.rpo)
     evidence.json("recovery point", result.evidence())
@@ -55,26 +53,24 @@ def test_backup_location_keeps_the_retained_bundles(
 
 
 @control_of("RC-BAK-3")
-def test_bundle_is_encrypted(run_state: RunState) -> None:
+def test_bundle_is_encrypted(restored_bundle: BundleInfo) -> None:
     """RC-BAK-3 The backup bundle was stored encrypted (the operations page's encrypted backup)."""
-    assert run_state.bundle is not None, "no bundle was opened"
-    result = backups.encrypted(Path(run_state.bundle.source).name, run_state.bundle.encrypted)
+    result = backups.encrypted(Path(restored_bundle.source).name, restored_bundle.encrypted)
     evidence.json("bundle encryption", result.evidence())
     assert result.ok, result.message()
 
 
 @control_of("RC-BAK-4")
 def test_secrets_are_not_inside_the_bundle(
-    run_state: RunState, restored_secrets: Mapping[str, str], target_pg: PostgresServer,
-    bundle_redis: redis_lib.Redis | None,
+    restored_bundle: BundleInfo, restored_secrets: Mapping[str, str],
+    target_pg: PostgresServer, bundle_redis: redis_lib.Redis | None,
 ) -> None:
     """RC-BAK-4 No runtime secret value is inside the bundle: secrets are backed up separately.
 
     Every restored secret is searched for, in every encoding, in each file of the extracted
     bundle, in the SQL its dumps render to, and in the Redis restored from its AOF.
     """
-    assert run_state.bundle is not None, "no bundle was opened"
-    scan = scan_bundle_for_secrets(Path(run_state.bundle.root), restored_secrets,
+    scan = scan_bundle_for_secrets(Path(restored_bundle.root), restored_secrets,
                                    pg_restore=target_pg.tools.path("pg_restore"),
                                    redis_client=bundle_redis)
     result = backups.secrets_separate(scan)

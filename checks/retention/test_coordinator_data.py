@@ -23,9 +23,6 @@ from fixtures import evidence
 def _attach_expected_deletions(conn: psycopg.Connection[Any], clock: BackupClock,
                                settings: RetentionSettings, run_state: RunState) -> None:
     """Evidence: what the services would delete after start, and whether that was compared."""
-    if clock.restored_at is None:
-        evidence.text("deletions after start", "not computed: the run recorded no restore time")
-        return
     expected = coordinator.expected_deletions(conn, clock.restored_at, settings)
     expected["comparison with the live copy"] = coordinator.live_comparison_note(
         run_state.services.mode)
