@@ -49,7 +49,10 @@ REVOKE = "caracal.sessions.revoke"
 @pytest.fixture(scope="module")
 def run() -> Iterator[PreparedRun]:
     """One full run with reference services (a small audit history keeps the archive small)."""
-    with prepared_run(services="reference", audit_events=600) as prepared:
+    # Its own archive bucket: moto keeps buckets per process, and another module's run in this
+    # process may have filled (and locked) the default one.
+    with prepared_run(services="reference", audit_events=600,
+                      archive_bucket=f"caracal-audit-archive-{uuid.uuid4().hex[:8]}") as prepared:
         yield prepared
 
 

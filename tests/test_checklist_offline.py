@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import secrets
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def group(name: str) -> str:
 @pytest.fixture(scope="module")
 def run() -> Iterator[PreparedRun]:
     """One full run (reference source, encrypted bundle, restore) without services."""
-    with prepared_run(services="none") as prepared:
+    # Its own archive bucket: moto keeps buckets per process, and another module's run in this
+    # process may have filled (and locked) the default one.
+    with prepared_run(services="none",
+                      archive_bucket=f"caracal-audit-archive-{uuid.uuid4().hex[:8]}") as prepared:
         yield prepared
 
 
