@@ -152,6 +152,41 @@ def test_open_value_checks_what_the_location_must_hold() -> None:
                                                                "opened, but is not a P-256 key")
 
 
+# FACTS-1.0 §7.2: the CSS1 golden vector.
+CSS1_ENVELOPE = bytes.fromhex(
+    "435353318547798a706fba7297f14e4710dbb70cafae5284625e843ff8421f7c39a916393521998fb02c28cb8e"
+    "d66bd59c3ee433fdb69dbe116f295b047f469dda4e0b18458de702ee430005bce2eb80fa7179ebc2f1703b332e"
+    "b089df95e40689a592b90f696c8a10b80922d812515ec4db3ff067ccb578a016521c9e815538")
+CSS1_COLUMN = kek_diag.SealedColumn("golden", "t", "envelope", None, "text",
+                                    aad="caracal/test/golden")
+
+
+def test_css1_envelope_names_a_foreign_kek_by_its_key_id() -> None:
+    """Release 1.0: the golden envelope opens; another KEK is 'sealed under a different KEK'
+    (the kekId says so), a wrong AAD is a rejected value (damage or a moved envelope)."""
+    kek = envelope.parse_kek(VECTOR_KEK)
+    assert kek_diag.open_value(kek, CSS1_COLUMN, CSS1_ENVELOPE, None, fmt="css1",
+                               aad="caracal/test/golden") == ("opened", "")
+    assert kek_diag.open_value([os.urandom(32), kek], CSS1_COLUMN, CSS1_ENVELOPE, None,
+                               fmt="css1", aad="caracal/test/golden") == ("opened", "")
+    outcome, reason = kek_diag.open_value(os.urandom(32), CSS1_COLUMN, CSS1_ENVELOPE, None,
+                                          fmt="css1", aad="caracal/test/golden")
+    assert (outcome, reason.split(":")[0]) == ("foreign-kek",
+                                               "secret envelope was sealed under a different KEK")
+    assert kek_diag.open_value(kek, CSS1_COLUMN, CSS1_ENVELOPE, None, fmt="css1",
+                               aad="caracal/other")[0] == "aead"
+    assert kek_diag.open_value(kek, CSS1_COLUMN, CSS1_ENVELOPE[:50], None, fmt="css1",
+                               aad="x")[0] == "layout"
+    results = [kek_diag.OpenResult("golden", "r1", "z1", "foreign-kek", "x", "8547798a706fba72"),
+               kek_diag.OpenResult("golden", "r2", "z1", "opened", "", "1111111111111111"),
+               kek_diag.OpenResult("golden", "r3", "", "aead", "value rejected", "11")]
+    findings = kek_diag._classify_opens(results, {"restored_kek_id": "1111111111111111"},
+                                        "secretStoreKek")
+    assert [f.cause for f in findings] == ["kek-mismatch", "sealed-rows-corrupt"]
+    assert "1 under kekId 8547798a706fba72" in findings[0].detail
+    assert "restored secretStoreKek (kekId 1111111111111111)" in findings[0].detail
+
+
 def _result(zone: str, row: str, outcome: str) -> kek_diag.OpenResult:
     return kek_diag.OpenResult("secrets.ciphertext", row, zone, outcome,
                                "" if outcome == "opened" else "authentication failed")

@@ -172,6 +172,11 @@ def _check_plaintext(kind: Plaintext, plain: bytes) -> tuple[str, str]:
     return "opened", ""
 
 
+def _column(name: str | None) -> sql.Composable:
+    """A column reference, or NULL where the location has no such column."""
+    return sql.Identifier(name) if name else sql.SQL("NULL")
+
+
 def open_all(conn: psycopg.Connection[Any], kek: bytes | Sequence[bytes],
              columns: Sequence[SealedColumn] = SEALED_2026_06, *,
              fmt: str = "zone-chacha20") -> list[OpenResult]:
@@ -180,15 +185,13 @@ def open_all(conn: psycopg.Connection[Any], kek: bytes | Sequence[bytes],
     for column in columns:
         if not exists(conn, column.table):
             continue
-        def col(name: str | None) -> sql.Composable:
-            return sql.Identifier(name) if name else sql.SQL("NULL")
-        zone = col("zone_id" if has_column(conn, column.table, "zone_id") else None)
+        zone = _column("zone_id" if has_column(conn, column.table, "zone_id") else None)
         query = sql.SQL(
             "SELECT {ident}::text, {zone}::text, {ct}, {nonce}::bytea, {aad}::text FROM {table}"
             " WHERE ({ct} IS NOT NULL OR {nonce} IS NOT NULL){where} ORDER BY 2, 1"
         ).format(ident=sql.Identifier(column.id_column), zone=zone,
-                 ct=sql.Identifier(column.ciphertext), nonce=col(column.nonce),
-                 aad=col(column.aad_column or None), table=sql.Identifier(column.table),
+                 ct=sql.Identifier(column.ciphertext), nonce=_column(column.nonce),
+                 aad=_column(column.aad_column or None), table=sql.Identifier(column.table),
                  where=sql.SQL(f" AND ({column.where})" if column.where else ""))
         for row_id, zone_id, ct, nc, aad_value in conn.execute(query).fetchall():
             outcome, reason = open_value(kek, column, ct, nc, fmt=fmt,
