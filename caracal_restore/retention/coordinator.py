@@ -29,7 +29,7 @@ from caracal_restore.retention.common import (
 EDGES = "delegation_edges"
 OUTBOX = "caracal_outbox"
 _EDGE_KEY = "COALESCE(e.revoked_at, e.expires_at, e.updated_at, e.created_at)"
-_SHOW = 10
+_SHOWN_IDS = 50
 
 
 def _edge_query(settings: RetentionSettings) -> sql.Composed:
@@ -62,8 +62,8 @@ def terminal_edges(
                      + (" AND no active unexpired child edge" if settings.delegation_child_guard
                         else " (no active-child guard in this release)"),
         "eligible at backup time": len(rows),
-        "tolerated: not swept yet (eligible within one cleanup interval)": recent,
-        "tolerated: left for the next run (within one batch)": left,
+        "tolerated: not swept yet (eligible within one cleanup interval)": _ids(recent),
+        "tolerated: left for the next run (within one batch)": _ids(left),
     })
     for edge_id in violations:
         _id, zone, status, key = by_id[edge_id]
@@ -97,8 +97,8 @@ def terminal_outbox(
         "predicate": f"producer = 'coordinator' AND status IN {tuple(settings.outbox_statuses)} "
                      "AND updated_at < backup time − OUTBOX_RETENTION_DAYS",
         "eligible at backup time": len(rows),
-        "tolerated: not swept yet (eligible within one cleanup interval)": recent,
-        "tolerated: left for the next run (within one batch)": left,
+        "tolerated: not swept yet (eligible within one cleanup interval)": _ids(recent),
+        "tolerated: left for the next run (within one batch)": _ids(left),
     })
     for row_id in violations:
         _id, topic, status, updated = by_id[row_id]
@@ -182,12 +182,17 @@ def sweepers_kept_pace(
         violations, left, recent = band_rule(due, at=at, interval=interval, batch=batch)
         result.observed[sweeper] = {
             "interval": str(interval), "batch": batch or "unbatched", "due at backup time":
-            len(rows), "tolerated (within one interval / one batch)": recent + left}
+            len(rows), "tolerated (within one interval / one batch)": _ids(recent + left)}
         for row_id in violations:
             result.add("sweeper_behind", row_id,
                        f"{sweeper}: {what} — {row_id} was due {iso(due[row_id])}, "
                        f"{_ago(at - due[row_id])} before the backup (interval {interval})")
     return result
+
+
+def _ids(ids: list[str]) -> dict[str, Any]:
+    """A count and the first ``_SHOWN_IDS`` ids (evidence stays readable for large backlogs)."""
+    return {"count": len(ids), "ids": ids[:_SHOWN_IDS]}
 
 
 def _ago(delta: dt.timedelta) -> str:
