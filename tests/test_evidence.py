@@ -319,6 +319,19 @@ def test_collection_refuses_a_non_demonstrated_check_claiming_cp10(
     ])
 
 
+def test_collection_rule_under_xdist_names_the_offender(
+        pytester: pytest.Pytester, plugin_env: dict[str, str]) -> None:
+    _fake_checks(pytester, "retention", (
+        "from fixtures.controls import control\n"
+        "@control('RC-BAK-5', feature='Backups', grade='configured')\n"
+        "def test_a():\n    '''RC-BAK-5 restore within the RTO.'''\n"
+    ))
+    result = pytester.runpytest_subprocess("checks", "-p", "no:cacheprovider", "-n", "2")
+    assert result.ret not in (0, 3)  # refused, and not as an INTERNALERROR
+    result.stdout.fnmatch_lines(["*ERROR collecting checks/retention/test_x.py*",
+                                 "*only demonstrated checks may claim the restore controls*"])
+
+
 def test_collection_refuses_parameters_with_memory_addresses(
         pytester: pytest.Pytester, plugin_env: dict[str, str]) -> None:
     _fake_checks(pytester, "assets", (
