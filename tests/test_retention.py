@@ -467,8 +467,13 @@ def _run(run: PreparedRun, state: RunState, args: tuple[str, ...]) -> Result:
 
 @pytest.fixture(scope="module")
 def run() -> Iterator[PreparedRun]:
-    """One complete run for the module (150 audit events over 14 months, no services)."""
-    with prepared_run(services="none", audit_events=150) as built:
+    """One complete run for the module (150 audit events over 14 months, no services).
+
+    The archive bucket is the module's own: moto keeps buckets per process, and another
+    module's run may already have filled (and locked) the default one.
+    """
+    with prepared_run(services="none", audit_events=150,
+                      archive_bucket=f"archive-retention-{uuid.uuid4().hex[:8]}") as built:
         yield built
 
 
