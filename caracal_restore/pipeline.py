@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ class PipelineSpec:
     seed: int = 1
     audit_events: int = 5000
     zones: int = 3
-    archive_bucket: str = ARCHIVE_BUCKET
+    #: The archive bucket for a reference run (None: ``caracal-audit-archive-<run id>``, so
+    #: two runs sharing one object store never see each other's locked objects).
+    archive_bucket: str | None = None
     archive_retention_days: int = 365
     workdir: Path | None = None
     keep: bool = False
@@ -132,7 +135,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             if ok:
                 client = None
                 if str(bundle_path).startswith("s3://") and stack.objects.provider != "dir":
-                    client = stack.objects.bucket(BACKUP_BUCKET).client  # type: ignore[attr-defined]
+                    bucket = str(bundle_path)[5:].split("/", 1)[0]
+                    client = stack.objects.bucket(bucket).client  # type: ignore[attr-defined]
                 opened = bundles.open_bundle(
                     bundle_path, work / "fetched", identity_file=identity,
                     object_store_client=client, endpoint_url=stack.objects.endpoint_url,
@@ -185,7 +189,9 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
 
     # The operator's archive: Object Lock with a default COMPLIANCE retention (the page's
     # "immutable archive"); the retention checks probe what the substrate really enforces.
-    archive = stack.objects.bucket(spec.archive_bucket, create=True, object_lock=True,
+    run_id = uuid.uuid4().hex[:10]
+    archive_name = spec.archive_bucket or f"{ARCHIVE_BUCKET}-{run_id}"
+    archive = stack.objects.bucket(archive_name, create=True, object_lock=True,
                                    compliance_days=spec.archive_retention_days)
     volume = Volume(zones=spec.zones, audit_events=spec.audit_events)
     # Release 1.0 reference (a minimal switch: build_reference_1_0 has the same contract).
@@ -224,10 +230,14 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
         archive_path = bundles.encrypt_file(archive_path, recipients)
     if stack.objects.provider == "dir":
         return deployment, str(archive_path), identity
-    store = stack.objects.bucket(BACKUP_BUCKET, create=True)
+    # One backup bucket per run: a bundle of another run with the same stamp can never be
+    # fetched in its place (put is If-None-Match, and a refusal is an error here).
+    backups = f"{BACKUP_BUCKET}-{run_id}"
+    store = stack.objects.bucket(backups, create=True)
     key = archive_path.name
-    store.put(key, archive_path.read_bytes(), if_none_match=True)
-    return deployment, f"s3://{BACKUP_BUCKET}/{key}", identity
+    if not store.put(key, archive_path.read_bytes(), if_none_match=True):
+        raise SuiteError(f"s3://{backups}/{key} already exists; bundles are never overwritten")
+    return deployment, f"s3://{backups}/{key}", identity
 
 
 def reference_release(spec: PipelineSpec) -> str:

@@ -146,9 +146,9 @@ STATE_CHECK = """
 import os, json
 from fixtures.controls import control
 
-@control("XX-{n}", feature="once", grade="configured")
+@control("AS-9{n}", feature="once", grade="configured")
 def test_{n}(run_state):
-    '''XX-{n} Records which run this worker sees.'''
+    '''AS-9{n} Records which run this worker sees.'''
     out = os.environ["ONCE_DIR"]
     with open(os.path.join(out, str(os.getpid()) + "-{n}"), "w") as fh:
         json.dump({{"restored_at": run_state.restored_at,

@@ -261,9 +261,9 @@ def test_interrupted_run_stops_every_process(server_tmp: Path) -> None:
 FAILING_CHECK = """
 from fixtures.controls import control
 
-@control("XX-1", feature="fails", grade="configured")
+@control("AS-91", feature="fails", grade="configured")
 def test_fails(target_pg):
-    '''XX-1 A check that fails on purpose.'''
+    '''AS-91 A check that fails on purpose.'''
     assert target_pg.server_facts()["server_version"] == "nope"
 """
 

@@ -95,7 +95,8 @@ class S3Store:
         self.substrate = substrate
         self.endpoint_url = endpoint_url
         self.bucket = bucket
-        REDACTOR.add(secret_key or "")
+        if provider != "embedded":  # moto's fixed dummy credentials are not secrets
+            REDACTOR.add(secret_key or "")
         self._client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
