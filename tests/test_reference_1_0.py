@@ -1,5 +1,7 @@
 """The reference 1.0 deployment: verify.sh on its schema, exact envelopes and chains, receipts,
-retention at ``now``, Redis, the services' canary and protected request, and a whole run."""
+retention at ``now``, Redis, and the services' canary and protected request.
+
+(A whole ``--caracal-release 1.0`` run is tested in ``test_release_1_0.py``.)"""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,8 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from caracal_restore import audit_chain, chainhash, envelope
 from caracal_restore.diagnose.revocation import revocation_coverage
 from caracal_restore.environments import objectstore, postgres
-from caracal_restore.environments.stack import StackSpec, start_stack
-from caracal_restore.pipeline import PipelineSpec, run_pipeline
 from caracal_restore.profiles.release_1_0 import PROFILE, SERVICE_DSNS
 from caracal_restore.reference.gen_common import Volume, verify_client_secret
 from caracal_restore.reference.services import tokens
@@ -40,7 +41,7 @@ from caracal_restore.reference.v1_0.secrets import generate_secrets, render_deri
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=123456)
 UPSTREAM = "http://canary.caracal.test/echo"
 SMALL = Volume(zones=2, applications_per_zone=2, resources_per_zone=2, sessions_per_zone=10,
-               agents_per_zone=8, edges_per_zone=6, audit_events=800, admin_audit_events=40,
+               agents_per_zone=8, edges_per_zone=6, audit_events=500, admin_audit_events=40,
                months=14)
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
@@ -296,9 +297,10 @@ def test_revocation_state_is_consistent(built: Built) -> None:
 
 def test_context_is_deterministic_for_a_seed_and_now() -> None:
     values = generate_secrets()
-    first, _ = generator.build_context(seed=7, volume=SMALL, secrets=values, now=NOW,
+    tiny = dataclasses.replace(SMALL, zones=1, applications_per_zone=1)
+    first, _ = generator.build_context(seed=7, volume=tiny, secrets=values, now=NOW,
                                        canary_upstream_url=UPSTREAM)
-    second, _ = generator.build_context(seed=7, volume=SMALL, secrets=values, now=NOW,
+    second, _ = generator.build_context(seed=7, volume=tiny, secrets=values, now=NOW,
                                         canary_upstream_url=UPSTREAM)
     for table in ("zones", "applications", "resources", "authority_records", "sessions",
                   "delegation_edges", "coordinator_idempotency_receipts", "caracal_outbox"):
@@ -326,7 +328,7 @@ def live() -> Iterator[Live]:
     try:
         with objectstore.embedded() as srv:
             archive = srv.bucket("archive", create=True, object_lock=True)
-            with build_reference_1_0(archive=archive, volume=Volume(audit_events=300),
+            with build_reference_1_0(archive=archive, volume=Volume(zones=2, audit_events=120),
                                      workdir=workdir) as dep, start_services_1_0(
                     db=dep.owner_db, redis=dep.redis.endpoint, secrets=dep.secrets,
                     replay=dep.replay) as urls, httpx.Client(trust_env=False, timeout=30) as http:
@@ -366,6 +368,37 @@ def test_services_are_ready(live: Live) -> None:
     assert live.http.get(f"{urls.gateway_url}/ready").json() == {"ok": True, "ready": True}
     assert live.http.get(f"{urls.audit_url}/ready").json() == {"ready": True}
     assert live.http.get(f"{urls.coordinator_url}/ready").json() == {"ok": True}
+    client: Any = live.deployment.redis.client()
+    try:
+        groups = {g["name"].decode() for g in client.xinfo_groups("caracal.sessions.revoke")}
+    finally:
+        client.close()
+    # This Gateway's host is new: it made its own group (at $) next to the source's.
+    assert {SOURCE_GATEWAY_GROUP, f"gateway-revocation:{socket.gethostname()}"} <= groups
+
+
+def test_sts_applies_a_signed_revocation_to_authority_records(live: Live) -> None:
+    """``sts-revocation``: a signed entry revokes the record (COALESCE time and reason)."""
+    sid = tokens.peek(_exchange(live, scope="agent:lifecycle").json()["access_token"])[1]["sid"]
+    key = bytes.fromhex(live.deployment.secrets["streamsHmacKey"])
+    fields = {"zone_id": live.deployment.data.canary.zone_id, "session_id": sid,
+              "reason": "reference_test", "outbox_id": f"test-{time.time_ns()}"}
+    fields["_sig"] = chainhash.stream_signature(key, "caracal.sessions.revoke", fields)
+    client: Any = live.deployment.redis.client()
+    try:
+        client.xadd("caracal.sessions.revoke", fields)
+    finally:
+        client.close()
+    row = None
+    with psycopg.connect(live.deployment.owner_db.conninfo(), autocommit=True) as conn:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT status, revoked_reason, revoked_at IS NOT NULL FROM"
+                               " authority_records WHERE id = %s", (sid,)).fetchone()
+            if row and row[0] == "revoked":
+                break
+            time.sleep(0.2)
+    assert row == ("revoked", "reference_test", True)
 
 
 def _exchange(live: Live, **fields: str) -> httpx.Response:
@@ -505,31 +538,3 @@ def test_revoked_anchor_is_refused_by_the_gateway(live: Live) -> None:
         "Authorization": f"Bearer {minted}", "X-Caracal-Resource": canary.resource_identifier})
     assert reply.status_code == 401
     assert reply.json()["error_description"] == "session revoked"
-
-
-# -------------------------------------------------------------------------- a whole run
-
-
-def test_pipeline_builds_restores_and_detects_a_1_0_reference() -> None:
-    """``--caracal-release 1.0``: a 1.0 source, its bundle restored, 1.0 detected, services up."""
-    workdir = Path(tempfile.mkdtemp(prefix="caracal-run10-"))
-    workdir.chmod(0o755)
-    try:
-        with start_stack(StackSpec(workdir=workdir)) as stack, run_pipeline(PipelineSpec(
-                reference_release="1.0", audit_events=300, workdir=workdir), stack) as state:
-            assert state.errors == {}
-            assert state.release == "1.0"
-            assert state.comparison_basis == "fingerprint"
-            assert state.bundle is not None
-            assert state.bundle.databases == PROFILE.databases
-            assert state.services.mode == "reference"
-            assert state.services.coordinator_url
-            ready = httpx.get(f"{state.services.coordinator_url}/ready", trust_env=False)
-            assert ready.json() == {"ok": True}
-            db = state.restored_databases["caracal"]
-            with psycopg.connect(db.conninfo()) as conn:
-                ledger = conn.execute("SELECT version FROM public.schema_migrations"
-                                      " ORDER BY 1").fetchall()
-            assert tuple(r[0] for r in ledger) == PROFILE.migrations
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)

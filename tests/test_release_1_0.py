@@ -1,4 +1,4 @@
-"""Release 1.0: its profile, release detection from a ledger, and the real 1.0 bundle.
+"""Release 1.0: its profile, release detection, the real 1.0 bundle, and a whole 1.0 run.
 
 The real bundle (``/work/shared/caracal/real-1.0``) was written by Caracal 1.0's own
 ``backup.sh`` from a partial deployment (PG 15, Redis 7.0, no fingerprint). The suite must
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis as redis_lib
@@ -343,3 +344,31 @@ def test_real_service_logins_authenticate(real_run: RealRun) -> None:
         with psycopg.connect(login.conninfo(), autocommit=True) as conn:
             row = conn.execute("SELECT current_user").fetchone()
         assert row == (role,), name
+
+
+# ------------------------------------------------------------- a whole 1.0 reference run
+
+
+def test_pipeline_builds_restores_and_detects_a_1_0_reference() -> None:
+    """``--caracal-release 1.0``: a 1.0 source, its bundle restored, 1.0 detected, services up."""
+    workdir = Path(tempfile.mkdtemp(prefix="caracal-run10-"))
+    workdir.chmod(0o755)
+    try:
+        spec = PipelineSpec(reference_release="1.0", audit_events=120, zones=2, workdir=workdir)
+        with start_stack(StackSpec(workdir=workdir)) as stack, run_pipeline(spec, stack) as state:
+            assert state.errors == {}
+            assert state.release == "1.0"
+            assert state.comparison_basis == "fingerprint"
+            assert state.bundle is not None
+            assert state.bundle.databases == PROFILE.databases
+            assert state.services.mode == "reference"
+            assert state.services.coordinator_url
+            ready = httpx.get(f"{state.services.coordinator_url}/ready", trust_env=False)
+            assert ready.json() == {"ok": True}
+            db = state.restored_databases["caracal"]
+            with psycopg.connect(db.conninfo()) as conn:
+                ledger = conn.execute("SELECT version FROM public.schema_migrations"
+                                      " ORDER BY 1").fetchall()
+            assert tuple(r[0] for r in ledger) == PROFILE.migrations
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -11,6 +11,7 @@ comes from ``resources.upstream_url`` + ``credential_provider_id`` — there are
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import secrets as os_random
@@ -32,7 +33,6 @@ from caracal_restore.reference.gen_common import (
     compact,
     hash_client_secret,
     manifest_sha256,
-    new_client_secret,
     sha256_hex,
     unknown_secret_hash,
 )
@@ -50,8 +50,8 @@ def _seal(ctx: Context, plaintext: bytes, aad: str) -> bytes:
 
 def _store(ctx: Context, zone: ZoneState, ref: str, value: str, at: dt.datetime,
            version: int = 1) -> None:
-    """One ``secret_store`` row: the value sealed with AAD = ref."""
-    REDACTOR.add(value)
+    """One ``secret_store`` row: the value sealed with AAD = ref (the caller registers the
+    value with the redactor: builders register theirs in one call, each call recompiles)."""
     ctx.rows["secret_store"].append({
         "ref": ref, "zone_id": zone.id, "envelope": _seal(ctx, value.encode(), ref),
         "version": version, "created_at": at, "updated_at": at,
@@ -72,8 +72,14 @@ def build_zones(ctx: Context) -> None:
         })
 
 
+def _client_secret() -> str:
+    """``cs_`` + base64url(32 random bytes) (registered by the caller)."""
+    return "cs_" + base64.urlsafe_b64encode(os_random.token_bytes(32)).decode().rstrip("=")
+
+
 def build_providers(ctx: Context) -> None:
     """provider-none-<zone> plus api_key, bearer_token, OAuth and caracal_mandate providers."""
+    found: list[str] = []
     for zone in ctx.zones:
         at = zone.created_at + dt.timedelta(minutes=5)
         zone.provider_none = f"provider-none-{zone.id}"
@@ -103,9 +109,11 @@ def build_providers(ctx: Context) -> None:
             }
             if secret:
                 ref = PROFILE.provider_secret_ref.format(zone_id=zone.id, provider_id=pid)
+                found += [compact(secret), *secret.values()]
                 _store(ctx, zone, ref, compact(secret), at)
             zone.providers.append(row)
             ctx.rows["providers"].append(row)
+    REDACTOR.add(*found)
 
 
 def build_applications(ctx: Context) -> None:
@@ -114,12 +122,14 @@ def build_applications(ctx: Context) -> None:
     Every managed application's client secret is known (its custody copy), so each hash is a
     real Argon2id hash of it; DCR applications get no custody copy (FACTS-1.0 §2.4).
     """
+    found: list[str] = []
     for zone in ctx.zones:
         at = zone.created_at + dt.timedelta(minutes=10)
         for ai in range(ctx.volume.applications_per_zone):
             canary = zone.index == 0 and ai == 0
             app_id = ctx.id_at(at)
-            secret = ctx.canary_secret if canary else new_client_secret()
+            secret = ctx.canary_secret if canary else _client_secret()
+            found.append(secret)
             zone.managed_apps.append(app_id)
             ctx.rows["applications"].append(_app(
                 ctx, zone, app_id, at, "canary" if canary else f"reference-app-{ai + 1}",
@@ -146,6 +156,7 @@ def build_applications(ctx: Context) -> None:
             row["expires_at"] = ctx.now + dt.timedelta(days=30)
             ctx.rows["applications"].append(row)
         zone.users = [f"user:{ctx.hex(8)}@reference.test" for _ in range(4)]
+    REDACTOR.add(*found)
 
 
 def _app(ctx: Context, zone: ZoneState, app_id: str, at: dt.datetime, name: str, method: str,
@@ -206,10 +217,12 @@ def _resource(ctx: Context, zone: ZoneState, at: dt.datetime, name: str, identif
 
 def build_workloads(ctx: Context) -> None:
     """One workload per zone: an Argon2id-hashed secret and its custody copy."""
+    found: list[str] = []
     for zone in ctx.zones:
         at = zone.created_at + dt.timedelta(minutes=40)
         routed = ctx.routed_resources(zone)
         secret = "ws_" + os_random.token_urlsafe(32)[:43]
+        found.append(secret)
         workload_id = ctx.id_at(at)
         bindings = [{"env": f"SVC{i}_TOKEN", "resource": r["identifier"], "scopes": ["read"]}
                     for i, r in enumerate(routed[:2])]
@@ -221,6 +234,7 @@ def build_workloads(ctx: Context) -> None:
         })
         ref = PROFILE.workload_secret_ref.format(zone_id=zone.id, workload_id=workload_id)
         _store(ctx, zone, ref, secret, at)
+    REDACTOR.add(*found)
 
 
 def build_subject_issuers(ctx: Context) -> None:
@@ -238,6 +252,7 @@ def build_subject_issuers(ctx: Context) -> None:
 def build_signing_keys(ctx: Context) -> None:
     """One or two zone signing keys per zone (P-256 SEC1 PEM in a CSS1 envelope)."""
     aad = envelope.AAD_ZONE_SIGNING_KEY
+    found: list[str] = []
     for zone in ctx.zones:
         versions = 2 if zone.index == 0 else ctx.rng.choice((1, 2))
         first = zone.created_at + dt.timedelta(minutes=30)
@@ -251,7 +266,7 @@ def build_signing_keys(ctx: Context) -> None:
             pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.TraditionalOpenSSL,
                                     serialization.NoEncryption())
-            REDACTOR.add(pem.decode())
+            found.append(pem.decode())
             kid = ctx.id_at(at)
             zone.signing_keys.append(kid)
             ctx.rows["secrets"].append({
@@ -259,6 +274,7 @@ def build_signing_keys(ctx: Context) -> None:
                 "type": "token", "envelope": _seal(ctx, pem, aad), "version": version,
                 "created_at": at, "updated_at": at,
             })
+    REDACTOR.add(*found)
 
 
 def build_admin_tokens(ctx: Context) -> None:
@@ -304,6 +320,7 @@ def _unknown_phc() -> str:
 
 def build_provider_connections(ctx: Context) -> None:
     """User connections to the OAuth provider (access/refresh tokens in CSS1 envelopes)."""
+    found: list[str] = []
     for zone in ctx.zones:
         oauth = next(p for p in zone.providers
                      if p["provider_kind"] == "oauth2_authorization_code")
@@ -312,7 +329,7 @@ def build_provider_connections(ctx: Context) -> None:
                              ctx.now - dt.timedelta(days=1))
             access = "at_" + os_random.token_urlsafe(24)
             refresh = "rt_" + os_random.token_urlsafe(24)
-            REDACTOR.add(access, refresh)
+            found += [access, refresh]
             ctx.rows["provider_connections"].append({
                 "id": ctx.id_at(at), "zone_id": zone.id, "subject_id": user,
                 "provider_id": oauth["id"], "status": ("active", "revoked", "expired")[ui % 3],
@@ -322,6 +339,7 @@ def build_provider_connections(ctx: Context) -> None:
                 "expires_at": at + dt.timedelta(hours=1), "refreshed_at": at,
                 "refresh_token_version": ui, "created_at": at, "updated_at": at,
             })
+    REDACTOR.add(*found)
 
 
 def build_notification_sinks(ctx: Context) -> None:
