@@ -150,12 +150,25 @@ def _event(
     return event, (determining, diagnostics, metadata)
 
 
+def _busy_offsets(rng: Any, span_us: int, volume: Any) -> list[int]:
+    """Event offsets (µs from the span's start) grouped into busy hours of the span."""
+    hour_us = 3600 * 1_000_000
+    span_hours = max(span_us // hour_us, 1)
+    per_hour = max(int(volume.audit_events_per_busy_hour), 1)
+    busy = min(span_hours, -(-volume.audit_events // per_hour) or 1)
+    hours = rng.sample(range(span_hours), busy)
+    # The span's first month always sees traffic, so retention leaves holes in every run.
+    hours[0] = rng.randrange(min(span_hours, 24 * 28))
+    return [min(rng.choice(hours) * hour_us + rng.randrange(hour_us), span_us - 1)
+            for _ in range(volume.audit_events)]
+
+
 def build_audit_events(ctx: Context) -> list[dict[str, Any]]:
     """Events in ingestion order, each with its producer JSON texts and producer signature."""
     rng, now, volume = ctx.rng, ctx.now, ctx.volume
     start = span_start(now, volume.months)
     span_us = max((now - start) // US - 1_000_000, 1)
-    offsets = sorted(rng.randrange(span_us) for _ in range(volume.audit_events))
+    offsets = sorted(_busy_offsets(rng, span_us, volume))
     late = set(rng.sample(range(len(offsets)), min(volume.late_audit_events, len(offsets))))
     zones = ctx.zones
     weights = [max(1, 3 - z.index) for z in zones]

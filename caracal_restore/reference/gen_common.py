@@ -55,6 +55,10 @@ class Volume:
     #: Audit events drained late (ingested days after they occurred): with retention they
     #: leave holes in the middle of a chain (FACTS-1.0 §4.8). Off by default.
     late_audit_events: int = 0
+    #: Audit traffic comes in busy hours: events are spread over about
+    #: ``audit_events / audit_events_per_busy_hour`` distinct hours of the span, so the hourly
+    #: export writes that many objects (1 spreads them over every hour of the span).
+    audit_events_per_busy_hour: int = 25
 
 
 # --------------------------------------------------------------------------- formats
