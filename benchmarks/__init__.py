@@ -1,0 +1,1 @@
+"""Benchmarks of caracal-restore (not part of ``tox -e tests``): see benchmarks/README.md."""
