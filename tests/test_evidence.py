@@ -692,7 +692,7 @@ def test_summary_names_the_backup_restore_and_objectives(real: RealRun) -> None:
     md = (real.first / "summary.md").read_text()
     assert state.bundle.stamp in md
     assert "RTO (measured restore vs objective)" in md
-    assert "## Not evaluated, and why" in md
+    assert "## Not evaluated or not applicable, and why" in md
     assert (real.first / "summary.html").read_text().startswith("<!DOCTYPE html>")
     props = (real.first / "allure-results" / "environment.properties").read_text()
     assert f"bundle.id={state.bundle.stamp}" in props

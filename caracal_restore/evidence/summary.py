@@ -210,6 +210,7 @@ def _facts_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Source", f"{run['source_kind'] or '—'} (compared by {run['comparison_basis'] or '—'})"),
         ("Services", run["services_mode"] or "—"),
         ("Backup (bundle id)", run["bundle_stamp"] or "no bundle"),
+        ("Backup source", run["bundle_source"] or "—"),
         ("Backup created", run["bundle_created_at"] or "—"),
         ("Backup encrypted", {True: "yes (age)", False: "NO", None: "—"}[run["bundle_encrypted"]]),
         ("Restored at", run["restored_at"] or "not restored"),
@@ -271,7 +272,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         out.append(f"| {FRAMEWORK_NAMES[row['framework']]} | {_md(row['control'])} | "
                    f"{_md(row['title'])} | {_md(row['verdict'])} | "
                    f"{_md(', '.join(row['evidenced_by']) or '—')} |")
-    out += ["", "## Not evaluated, and why", ""]
+    out += ["", "## Not evaluated or not applicable, and why", ""]
     if doc["not_evaluated"]:
         out += ["| Check | Control | Outcome | Why |", "| --- | --- | --- | --- |"]
         out += [f"| `{_md(r['nodeid'])}` | {_md(r['control'])} | {_md(r['verdict'])} | "
@@ -357,7 +358,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         [_h(FRAMEWORK_NAMES[r["framework"]]), _h(r["control"]), _h(r["title"]),
          _verdict(r["verdict"]) if r["verdict"] in VERDICT_TEXT else _h(r["verdict"]),
          _h(", ".join(r["evidenced_by"]) or "—")] for r in doc["framework_controls"])))
-    parts.append("<h2>Not evaluated, and why</h2>")
+    parts.append("<h2>Not evaluated or not applicable, and why</h2>")
     if doc["not_evaluated"]:
         parts.append(_table(["Check", "Control", "Outcome", "Why"], (
             [f"<code>{_h(r['nodeid'])}</code>", _h(r["control"]), _verdict(r["verdict"]),
