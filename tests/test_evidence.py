@@ -32,9 +32,6 @@ from caracal_restore.runstate import RunState
 from tests.conftest import REPO
 from tests.harness import PreparedRun, prepared_run
 
-pytestmark = pytest.mark.slow
-
-
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -533,12 +530,11 @@ def test_report_with_old_node_says_so(tmp_path: Path) -> None:
 
 
 def test_report_cli_without_node_on_path(tmp_path: Path) -> None:
-    bindir = tmp_path / "bin"
+    bindir = tmp_path / "bin"  # an empty PATH: neither node nor npx can be found
     bindir.mkdir()
-    (bindir / "python").symlink_to(sys.executable)
     env = {"PATH": str(bindir), "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
     proc = subprocess.run(
-        [str(bindir / "python"), "-m", "caracal_restore.evidence", "report",
+        [sys.executable, "-m", "caracal_restore.evidence", "report",
          "--reports-dir", str(tmp_path / "out"), "--history", str(tmp_path / "h.jsonl")],
         cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -637,6 +633,7 @@ def _secret_values(run: PreparedRun) -> dict[str, str]:
     return {k: v for k, v in found.items() if len(v) >= 6}
 
 
+@pytest.mark.slow
 def test_secret_scan_of_every_evidence_file_finds_nothing(real: RealRun) -> None:
     secrets = _secret_values(real.run)
     assert len(secrets) >= 10, sorted(secrets)  # the scan must know what to look for
@@ -658,6 +655,7 @@ def test_secret_scan_of_every_evidence_file_finds_nothing(real: RealRun) -> None
         f"{summary['scrubbed_files']}")
 
 
+@pytest.mark.slow
 def test_history_ids_are_stable_across_runs(real: RealRun) -> None:
     def ids(reports: Path) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -672,6 +670,7 @@ def test_history_ids_are_stable_across_runs(real: RealRun) -> None:
     assert sum("[" in name for name in first) >= 3, "no parametrized check to compare"
 
 
+@pytest.mark.slow
 def test_summary_names_the_backup_restore_and_objectives(real: RealRun) -> None:
     doc = json.loads((real.first / "summary.json").read_text())
     state = real.run.state
@@ -700,6 +699,7 @@ def test_summary_names_the_backup_restore_and_objectives(real: RealRun) -> None:
     assert (real.first / "allure-results" / "executor.json").exists()
 
 
+@pytest.mark.slow
 def test_changing_any_evidence_file_fails_verification(real: RealRun, tmp_path: Path) -> None:
     copy = tmp_path / "out"
     shutil.copytree(real.first, copy)
@@ -725,6 +725,7 @@ def test_changing_any_evidence_file_fails_verification(real: RealRun, tmp_path: 
     assert manifest.verify(copy).added == ["allure-results/planted-result.json"]
 
 
+@pytest.mark.slow
 def test_signed_run_verifies_with_the_public_key(real: RealRun, tmp_path: Path) -> None:
     key = _key(tmp_path / "signing.pem")
     reports = tmp_path / "signed"

@@ -346,6 +346,7 @@ def _waiver_file(real: Real, name: str, check: str, expires: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_real_run_with_one_check_deselected_fails_the_gate(real: Real) -> None:
     dropped = real.nodeids[len(real.nodeids) // 2]
     proc, summary = _gate_run(real, "deselect", "--deselect", dropped)
@@ -360,6 +361,7 @@ def test_real_run_with_one_check_deselected_fails_the_gate(real: Real) -> None:
     assert dropped in proc.stdout
 
 
+@pytest.mark.slow
 def test_real_broken_checks_fail_the_gate(real: Real) -> None:
     broken_state = dataclasses.replace(
         real.run.state, errors={**real.run.state.errors,
@@ -375,6 +377,7 @@ def test_real_broken_checks_fail_the_gate(real: Real) -> None:
     assert "passed" not in {v["verdict"] for v in injected}
 
 
+@pytest.mark.slow
 def test_real_expired_waiver_fails_the_gate_and_waives_nothing(real: Real) -> None:
     waivers = _waiver_file(real, "expired", "RC-BAK-1", _today(-3))
     proc, summary = _gate_run(real, "expired", "--rpo", "0", "--waivers-file", str(waivers))
@@ -387,6 +390,7 @@ def test_real_expired_waiver_fails_the_gate_and_waives_nothing(real: Real) -> No
     assert summary["gate"]["expired_waivers"][0]["ticket"] == "OPS-7"
 
 
+@pytest.mark.slow
 def test_real_valid_waiver_turns_the_failure_into_waived(real: Real) -> None:
     waivers = _waiver_file(real, "valid", "RC-BAK-1", _today(14))
     proc, summary = _gate_run(real, "valid", "--rpo", "0", "--waivers-file", str(waivers))
