@@ -37,6 +37,8 @@ from caracal_restore.redact import REDACTOR
 from caracal_restore.waiting import WaitTimeout, until
 
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: Canary flows a profile may name (``Profile.canary_flow``).
+CANARY_FLOWS = ("session-mandate", "gateway-mandate")
 #: Headers never copied into evidence (credentials), compared case-insensitively.
 HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 #: JSON fields of request forms and response bodies whose values are credentials.
@@ -404,10 +406,18 @@ class CanaryExchange:
     live_kids_after: tuple[str, ...]
     #: The zone's audit head on the restored copy, read before anything was exchanged.
     restored_head: ChainHead
+    #: Release 1.0's gateway-mandate flow after the bootstrap (None: the release has none).
+    gateway: GatewayMandate | None = None
+
+    @property
+    def protected_mandate(self) -> str | None:
+        """The mandate the Gateway accepts: the ``use=gateway`` mint, else the bootstrap's."""
+        return self.gateway.mandate if self.gateway is not None else self.mandate
 
     def evidence(self) -> dict[str, Any]:
         """The exchange, the JWKS and the key observations (no token)."""
         return {
+            "gateway_mandate_flow": self.gateway.evidence() if self.gateway else None,
             "request_id": self.request_id,
             "restored_head": dataclasses.asdict(self.restored_head),
             "exchange": self.record, "jwks": self.jwks_record,
@@ -421,20 +431,157 @@ class CanaryExchange:
         }
 
 
+#: FACTS-1.0 §14.3: the table whose ``scopes`` a gateway-routed resource declares.
+RESOURCE_TABLE = "resources"
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayMandate:
+    """Release 1.0's gateway-mandate flow (FACTS-1.0 §14.5 steps 2-4) after the bootstrap.
+
+    Two Coordinator Sessions (source and target), a delegation between them scoped to the
+    canary resource, and the ``use=gateway`` mint at the STS for the target Session.
+    """
+
+    scope: str
+    agent_session_ids: tuple[str, ...]
+    delegation_edge_id: str | None
+    mint_request_id: str
+    #: HTTP records of the Coordinator calls and the mint (no tokens, no secrets).
+    steps: tuple[dict[str, Any], ...]
+    error: str | None
+    check: MandateCheck | None
+    mandate: str | None = dataclasses.field(repr=False, default=None)
+
+    def evidence(self) -> dict[str, Any]:
+        """The flow's requests and the minted mandate's header and claims (no token)."""
+        return {"business_scope": self.scope, "agent_session_ids": list(self.agent_session_ids),
+                "delegation_edge_id": self.delegation_edge_id,
+                "mint_request_id": self.mint_request_id, "steps": list(self.steps),
+                "error": self.error,
+                "mandate_header": self.check.header if self.check else None,
+                "mandate_claims": self.check.claims if self.check else None,
+                "verification_error": self.check.error if self.check else None}
+
+
+def business_scope(conn: psycopg.Connection[Any], profile: Profile, zone_id: str,
+                   resource: str) -> str | None:
+    """A scope the canary resource declares besides the bootstrap scope (None: it has none)."""
+    row = conn.execute(
+        sql.SQL("SELECT scopes FROM {} WHERE zone_id::text = %s AND identifier = %s"
+                " AND archived_at IS NULL").format(sql.Identifier(RESOURCE_TABLE)),
+        (zone_id, resource)).fetchone()
+    scopes = [str(s) for s in (row[0] if row and row[0] else []) if s != profile.canary_scope]
+    return scopes[0] if scopes else None
+
+
+def _coordinator_post(client: httpx.Client, url: str, bearer: str, body: Mapping[str, Any],
+                      headers: Mapping[str, str]) -> tuple[httpx.Response, dict[str, Any]]:
+    try:
+        response = client.post(url, json=dict(body),
+                               headers={"Authorization": f"Bearer {bearer}", **headers})
+    except httpx.TransportError as exc:
+        raise ServiceUnreachable(f"Coordinator at {url} did not answer: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    record = http_record(response)
+    record["request"]["json"] = _mask(dict(body))
+    return response, record
+
+
+def gateway_mandate(client: httpx.Client, *, sts_url: str, coordinator_url: str,
+                    bootstrap: str, zone_id: str, application_id: str, client_secret: str,
+                    resource: str, scope: str | None, jwks: Mapping[str, Any] | None,
+                    profile: Profile) -> GatewayMandate:
+    """Sessions, delegation and the ``use=gateway`` mint (FACTS-1.0 §14.5 steps 2-4).
+
+    Each step is the request the SDK makes; the first refusal stops the flow and is kept as
+    the error (a refused step is a control violation, not a broken check).
+    """
+    mint_request_id = new_request_id("canary-mint")
+    steps: list[dict[str, Any]] = []
+
+    def stop(error: str, sessions: Sequence[str] = (), edge: str | None = None
+             ) -> GatewayMandate:
+        return GatewayMandate(scope or "", tuple(sessions), edge, mint_request_id,
+                              tuple(steps), error, None)
+
+    if scope is None:
+        return stop(f"the canary resource {resource!r} declares no scope besides "
+                    f"{profile.canary_scope!r}, so no use=gateway mandate can be minted for it")
+    base = coordinator_url.rstrip("/") + f"/zones/{zone_id}"
+    sessions: list[str] = []
+    for role in ("source", "target"):
+        response, record = _coordinator_post(
+            client, base + "/agents", bootstrap,
+            {"application_id": application_id, "ttl_seconds": 600,
+             "labels": [application_id]},
+            {"idempotency-key": f"caracal-restore-canary-{role}-{uuid.uuid4().hex}"})
+        steps.append({"step": f"start the {role} Session", **record})
+        session_id = (body_of(response) or {}).get("agent_session_id") \
+            if response.status_code == 201 and isinstance(body_of(response), dict) else None
+        if not session_id:
+            return stop(f"the Coordinator refused to start the {role} Session: "
+                        f"{error_text(response)}", sessions)
+        sessions.append(str(session_id))
+    response, record = _coordinator_post(
+        client, base + "/delegations", bootstrap,
+        {"issuer_application_id": application_id, "source_session_id": sessions[0],
+         "target_session_id": sessions[1], "receiver_application_id": application_id,
+         "scopes": [scope], "constraints": {"resources": [resource]}, "ttl_seconds": 600},
+        {})
+    steps.append({"step": "delegate from the source to the target Session", **record})
+    body = body_of(response)
+    edge = body.get("delegation_edge_id") if response.status_code == 201 and isinstance(
+        body, dict) else None
+    if not edge:
+        return stop(f"the Coordinator refused the delegation: {error_text(response)}", sessions)
+    form = {"grant_type": GRANT_TOKEN_EXCHANGE, "zone_id": zone_id,
+            "application_id": application_id, "client_secret": client_secret,
+            "resource": resource, "scope": scope, "agent_session_id": sessions[1],
+            "delegation_edge_id": str(edge)}
+    try:
+        minted = client.post(sts_url.rstrip("/") + "/oauth/2/token", data=form,
+                             headers={"X-Request-Id": mint_request_id})
+    except httpx.TransportError as exc:
+        raise ServiceUnreachable(f"STS at {sts_url} did not answer the use=gateway mint: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    steps.append({"step": "mint the use=gateway mandate", **http_record(minted, form)})
+    token = None
+    if minted.status_code == 200:
+        try:  # the raw body: body_of masks the token it holds
+            token = minted.json().get("access_token")
+        except (json.JSONDecodeError, AttributeError):
+            token = None
+    if not token:
+        return stop(f"the STS refused the use=gateway mint: {error_text(minted)}", sessions,
+                    str(edge))
+    REDACTOR.add(str(token))
+    check = (verify_mandate(str(token), jwks) if jwks is not None else
+             MandateCheck(unverified_header(str(token)), None, "no restored JWKS"))
+    return GatewayMandate(scope, tuple(sessions), str(edge), mint_request_id, tuple(steps),
+                          None, check, str(token))
+
+
 def canary_exchange(client: httpx.Client, sts_url: str, *, zone_id: str, application_id: str,
                     client_secret: str, resource: str, profile: Profile,
                     restored_conn: psycopg.Connection[Any], live_conn: psycopg.Connection[Any],
-                    source_kids: Sequence[str]) -> CanaryExchange:
-    """Run the client-credentials exchange (FACTS-2026.06 §7.2) and fetch the restored JWKS.
+                    source_kids: Sequence[str],
+                    coordinator_url: str | None = None) -> CanaryExchange:
+    """Run the bootstrap exchange (FACTS-2026.06 §7.2, FACTS-1.0 §14.3), fetch the restored
+    JWKS and, where the release's Gateway takes only ``use=gateway`` mandates (profile
+    ``canary_flow`` = ``gateway-mandate``), run the Coordinator flow and the mint.
 
-    Raises ``ServiceUnreachable`` when the STS does not answer.
+    Raises ``ServiceUnreachable`` when a service does not answer, ``NotEvaluable`` when the
+    release's flow needs a service the run does not have.
     """
     REDACTOR.add(client_secret)
-    if profile.canary_flow != "session-mandate":
+    if profile.canary_flow not in CANARY_FLOWS:
+        raise NotEvaluable(f"release {profile.release}: unknown canary flow "
+                           f"{profile.canary_flow!r} (this suite knows {list(CANARY_FLOWS)})")
+    if profile.canary_flow == "gateway-mandate" and not coordinator_url:
         raise NotEvaluable(
-            f"release {profile.release} needs the {profile.canary_flow!r} canary flow (Coordinator "
-            "agent session, delegation and a use=gateway mint); this suite demonstrates only the "
-            "session-mandate flow of 2026.06, so step 6 is not evaluated")
+            f"release {profile.release}'s Gateway takes only use=gateway mandates, minted through "
+            "Coordinator Sessions and a delegation, and the run gives no Coordinator URL")
     head = chain_head(restored_conn, profile, zone_id)
     restored_kids = tuple(signing_key_ids(restored_conn, profile, zone_id))
     before = tuple(signing_key_ids(live_conn, profile, zone_id))
@@ -464,6 +611,7 @@ def canary_exchange(client: httpx.Client, sts_url: str, *, zone_id: str, applica
         REDACTOR.add(mandate)
     record = http_record(response, form)
     jwks_record: dict[str, Any] | None = None
+    jwks_doc: dict[str, Any] | None = None
     check: MandateCheck | None = None
     if mandate:
         try:
@@ -474,15 +622,24 @@ def canary_exchange(client: httpx.Client, sts_url: str, *, zone_id: str, applica
                                      f"{type(exc).__name__}: {exc}") from None
         jwks_record = http_record(jwks)
         if jwks.status_code == 200:
-            check = verify_mandate(mandate, jwks.json())
+            jwks_doc = jwks.json()
+            check = verify_mandate(mandate, jwks_doc)
         else:
             check = MandateCheck(unverified_header(mandate), None,
                                  f"the restored JWKS answered {error_text(jwks)}")
+    gateway: GatewayMandate | None = None
+    if profile.canary_flow == "gateway-mandate" and coordinator_url:
+        gateway = (gateway_mandate(
+            client, sts_url=sts_url, coordinator_url=coordinator_url, bootstrap=mandate,
+            zone_id=zone_id, application_id=application_id, client_secret=client_secret,
+            resource=resource, scope=business_scope(live_conn, profile, zone_id, resource),
+            jwks=jwks_doc, profile=profile) if mandate else
+            GatewayMandate("", (), None, "", (), "no bootstrap mandate", None))
     after = tuple(signing_key_ids(live_conn, profile, zone_id))
     return CanaryExchange(zone_id, application_id, resource, request_id, response.status_code,
                           record, error, token_type, mandate, jwks_record, check,
                           tuple(source_kids) or restored_kids, restored_kids, before, after,
-                          head)
+                          head, gateway)
 
 
 def exchange_problems(ex: CanaryExchange, profile: Profile) -> list[str]:
@@ -520,6 +677,34 @@ def exchange_problems(ex: CanaryExchange, profile: Profile) -> list[str]:
     if not isinstance(target, list) or ex.resource not in target:
         problems.append(f"mandate target {target!r} does not name the canary resource "
                         f"{ex.resource!r}")
+    if ex.gateway is not None:
+        problems += gateway_mandate_problems(ex, profile)
+    return problems
+
+
+def gateway_mandate_problems(ex: CanaryExchange, profile: Profile) -> list[str]:
+    """Why the ``use=gateway`` mint (FACTS-1.0 §14.5) does not show a working restore."""
+    gw = ex.gateway
+    if gw is None:
+        return []
+    if gw.mandate is None:
+        return [f"the gateway-mandate flow stopped: {gw.error}"]
+    if gw.check is None or gw.check.claims is None:
+        return ["the use=gateway mandate does not verify against the restored JWKS: "
+                f"{gw.check.error if gw.check else 'no JWKS'}"]
+    problems = []
+    kid = gw.check.header.get("kid")
+    if kid not in ex.source_kids:
+        problems.append(f"a new signing key was minted: the use=gateway mandate is signed with "
+                        f"kid {kid}, not one of the source's {list(ex.source_kids)}")
+    use = "gateway" if "gateway" in profile.mandate_uses else None
+    expected = {"use": use, "zone_id": ex.zone_id, "client_id": ex.application_id,
+                "agent_session_id": gw.agent_session_ids[-1],
+                "delegation_edge_id": gw.delegation_edge_id}
+    for name, value in expected.items():
+        if gw.check.claims.get(name) != value:
+            problems.append(f"use=gateway mandate claim {name} is "
+                            f"{gw.check.claims.get(name)!r}, expected {value!r}")
     return problems
 
 
@@ -554,11 +739,16 @@ def protected_request(client: httpx.Client, gateway_url: str, exchange: CanaryEx
         return CanaryRequest(request_id, exchange.resource, None, None, None, None, None,
                              f"no mandate: the canary token exchange was refused "
                              f"({exchange.error})")
+    token = exchange.protected_mandate
+    if token is None:
+        return CanaryRequest(request_id, exchange.resource, None, None, None, None, None,
+                             "no use=gateway mandate: the gateway-mandate flow stopped "
+                             f"({exchange.gateway.error if exchange.gateway else ''})")
     base = gateway_url.rstrip("/")
     try:
         ready = client.get(base + "/ready")
         response = client.get(base + path, headers={
-            "Authorization": f"Bearer {exchange.mandate}",
+            "Authorization": f"Bearer {token}",
             "X-Caracal-Resource": exchange.resource, "X-Request-Id": request_id})
     except httpx.TransportError as exc:
         raise ServiceUnreachable(f"Gateway at {gateway_url} did not answer: "
@@ -622,9 +812,11 @@ class CanaryEvidence:
 
 def canary_events(profile: Profile, exchange: CanaryExchange,
                   request: CanaryRequest) -> tuple[tuple[str, str], ...]:
-    """(event_type, request_id) of the canary's audit events: both exchanges and the request."""
+    """(event_type, request_id) of the canary's audit events: the exchanges (bootstrap, the
+    ``use=gateway`` mint where the release has one, the Gateway's) and the request."""
     exchange_type, request_type = profile.canary_exchange_event[0], profile.canary_request_event[0]
-    return ((exchange_type, exchange.request_id), (exchange_type, request.request_id),
+    mint = ((exchange_type, exchange.gateway.mint_request_id),) if exchange.gateway else ()
+    return ((exchange_type, exchange.request_id), *mint, (exchange_type, request.request_id),
             (request_type, request.request_id))
 
 
