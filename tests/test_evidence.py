@@ -743,6 +743,28 @@ def test_signed_run_verifies_with_the_public_key(real: RealRun, tmp_path: Path) 
         p.read_text(errors="replace") for p in reports.rglob("*") if p.is_file())
 
 
+def test_results_sent_elsewhere_get_no_summary_unless_a_reports_dir_is_named(
+        pytester: pytest.Pytester, plugin_env: dict[str, str]) -> None:
+    _fake_checks(pytester, "assets", (
+        "from fixtures.controls import control\n"
+        "@control('AS-9', feature='f', grade='verified')\n"
+        "def test_a():\n    '''AS-9 holds.'''\n"
+    ))
+    elsewhere = pytester.path / "elsewhere"
+    result = pytester.runpytest_subprocess("checks", "-p", "no:cacheprovider",
+                                           f"--alluredir={elsewhere}")
+    result.assert_outcomes(passed=1)
+    assert (elsewhere / "environment.properties").exists()
+    assert not (pytester.path / "reports" / "out" / "summary.md").exists()
+    result.stdout.fnmatch_lines(["*no summary or manifest was written*--reports-dir*"])
+    named = pytester.path / "named"
+    result = pytester.runpytest_subprocess("checks", "-p", "no:cacheprovider",
+                                           f"--alluredir={elsewhere}", f"--reports-dir={named}")
+    result.assert_outcomes(passed=1)
+    assert (named / "summary.md").exists()
+    assert (named / manifest.MANIFEST).exists()
+
+
 def test_bad_signing_key_is_a_usage_error(pytester: pytest.Pytester,
                                           plugin_env: dict[str, str]) -> None:
     _fake_checks(pytester, "assets", (
