@@ -109,6 +109,17 @@ def _literal(conn: psycopg.Connection[Any], text: str) -> dt.datetime | None:
     return value.astimezone(UTC)
 
 
+def audit_retention_override(conn: psycopg.Connection[Any], table: str) -> int | None:
+    """The console's audit-retention override row (FACTS-1.0 §12.1; None: no table or row)."""
+    if not table:
+        return None
+    if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() == (None,):
+        return None
+    row = conn.execute(sql.SQL("SELECT retention_days FROM {} ORDER BY updated_at DESC"
+                               " LIMIT 1").format(sql.Identifier(table))).fetchone()
+    return int(row[0]) if row else None
+
+
 def retention_cutoffs(clock: BackupClock, settings: RetentionSettings) -> dict[str, dt.datetime]:
     """The cutoff at the backup time and the one the last loop run is sure to have applied."""
     cutoff = clock.at - settings.audit_retention

@@ -96,6 +96,13 @@ class RetentionSettings:
     outbox_statuses: tuple[str, ...]
     delegation_child_guard: bool
     archive_min_retention_days: int
+    #: ``AUDIT_RETENTION_DAYS`` as configured, and the console override the restored database
+    #: holds (None: the release has none, or no row). ``audit_retention`` is the window the
+    #: audit loop applies: ``min(override, AUDIT_RETENTION_DAYS)`` (FACTS-1.0 §12.1).
+    audit_retention_ceiling_days: int | None = None
+    audit_retention_override_days: int | None = None
+    #: Coordinator ``SESSION_RETENTION_DAYS`` (None: the release deletes no Sessions).
+    session_retention: dt.timedelta | None = None
 
     def partition_name(self, month: dt.datetime) -> str:
         """The monthly partition name of a month (``audit_events_y2026m11``)."""
@@ -103,7 +110,13 @@ class RetentionSettings:
 
     def as_evidence(self) -> dict[str, Any]:
         """The settings in the units the facts use."""
-        return {
+        extra: dict[str, Any] = {}
+        if self.audit_retention_override_days is not None:
+            extra["AUDIT_RETENTION_DAYS (configured ceiling)"] = self.audit_retention_ceiling_days
+            extra["audit_retention override row (days)"] = self.audit_retention_override_days
+        if self.session_retention is not None:
+            extra["SESSION_RETENTION_DAYS"] = self.session_retention.days
+        return extra | {
             "AUDIT_RETENTION_DAYS": self.audit_retention.days,
             "audit retention loop interval (h)": self.audit_tick.total_seconds() / 3600,
             "partitions created ahead (months)": self.partitions_ahead,
@@ -134,9 +147,17 @@ def settings_from(
     partitions_ahead: int,
     outbox_statuses: Sequence[str],
     delegation_child_guard: bool,
+    audit_retention_override_days: int | None = None,
 ) -> RetentionSettings:
-    """Settings from the suite's options (the source's env values) and the release's defaults."""
+    """Settings from the suite's options (the source's env values) and the release's defaults.
+
+    ``audit_retention_override_days``: the console override row the restored database holds
+    (1.0); the audit window is then the smaller of it and ``AUDIT_RETENTION_DAYS``.
+    """
     release = dict(defaults)
+    effective_audit_days = (audit_retention_days if audit_retention_override_days is None
+                            else min(audit_retention_override_days, audit_retention_days))
+    session_days = release.get("SESSION_RETENTION_DAYS")
     for name in ("TTL_SWEEP_INTERVAL_MS", "SWEEPER_BATCH_SIZE",
                  "SERVICE_LEASE_SWEEP_INTERVAL_MS"):
         if name not in release:
@@ -144,7 +165,7 @@ def settings_from(
     if not partition_format or partitions_ahead < 1:
         raise ValueError("the release profile names no monthly audit partition format")
     return RetentionSettings(
-        audit_retention=dt.timedelta(days=audit_retention_days),
+        audit_retention=dt.timedelta(days=effective_audit_days),
         audit_tick=AUDIT_RETENTION_TICK,
         partitions_ahead=partitions_ahead,
         partition_format=partition_format,
@@ -159,6 +180,10 @@ def settings_from(
         outbox_statuses=tuple(outbox_statuses),
         delegation_child_guard=delegation_child_guard,
         archive_min_retention_days=archive_min_retention_days,
+        audit_retention_ceiling_days=audit_retention_days,
+        audit_retention_override_days=audit_retention_override_days,
+        session_retention=(dt.timedelta(days=session_days) if session_days is not None
+                           else None),
     )
 
 
