@@ -654,7 +654,8 @@ def _audit_content(r: tuple[Any, ...]) -> str:
 # (chain_seq - 1, prev_content_sha256) pairs the rows ask for, but for the chain's two ends.
 # Mapping each pair through a hash keyed with fresh randomness and adding turns that equality
 # into one integer per zone (a randomised multiset test: an attacker who wrote the rows before
-# the key existed cannot make a broken chain balance, except with probability ~2^-120). With
+# the key existed cannot make a broken chain balance, except with probability ~2^-120); pairs
+# that cancel between consecutive rows of the stream are not even hashed. With
 # chain_seq >= 1 everywhere, a balance proves the chain_seq are exactly min..max once each and
 # every row's prev is its predecessor's content — exactly when the ordered scan would see no
 # irregular row after the first. A zone that does not balance is verified again by the ordered
@@ -669,6 +670,7 @@ STREAM_COLUMNS = (
 )
 _LINK_MOD = 1 << 128
 _NO_SEQ = 1 << 64
+_NO_PENDING = -(1 << 70)  # never a chain_seq, nor one less than a chain_seq
 _COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
 _ESCAPE_RE = re.compile(rb"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)", re.DOTALL)
 
@@ -708,7 +710,8 @@ class _ZoneTally:
 
     __slots__ = ("archive_bad", "archive_examples", "content_bad", "content_examples",
                  "hmac_bad", "hmac_examples", "keyed", "links", "malformed", "max_content",
-                 "max_seq", "min_line", "min_seq", "rows", "unsigned", "zone")
+                 "max_seq", "min_line", "min_seq", "pend_seq", "pend_stored", "rows",
+                 "unsigned", "zone")
 
     def __init__(self, zone: str) -> None:
         self.zone = zone
@@ -717,6 +720,8 @@ class _ZoneTally:
         self.min_line = b""
         self.max_content = b""
         self.links = 0
+        #: the last row seen, whose (chain_seq, content) pair is not yet in ``links``
+        self.pend_seq, self.pend_stored = _NO_PENDING, b""
         self.content_bad = self.hmac_bad = self.archive_bad = 0
         #: max-heaps (negated chain_seq) of the smallest chain_seq examples, at most cap each
         self.content_examples: list[tuple[int, str, str, str]] = []
@@ -731,8 +736,14 @@ class _ZoneTally:
         elif item > heap[0]:
             heapq.heapreplace(heap, item)
 
+    def flush(self, link_value: Callable[[int, bytes], int]) -> None:
+        """Add the pair the last row offers (no later row of this stream cancelled it)."""
+        if self.pend_seq != _NO_PENDING:
+            self.links += link_value(self.pend_seq, self.pend_stored)
+            self.pend_seq, self.pend_stored = _NO_PENDING, b""
+
     def merge(self, other: _ZoneTally, cap: int) -> None:
-        """Add another process's tally of the same zone (other partitions)."""
+        """Add another process's (flushed) tally of the same zone (other partitions)."""
         self.rows += other.rows
         self.keyed += other.keyed
         self.unsigned += other.unsigned
@@ -795,7 +806,10 @@ def tally_stream(
     """Check every row of a text COPY stream (one row per chunk); returns the rows read.
 
     Per row: content hash over the canonical bytes, chain_hmac, the zone's link sum and ends,
-    the archived copy; anomalies keep a count and the ``cap`` first examples per zone.
+    the archived copy; anomalies keep a count and the ``cap`` first examples per zone. A row
+    that directly follows the zone's previous row in the stream (the next chain_seq, linking
+    to its content: the common case, rows lie in ingestion order) has its link checked by a
+    comparison, and the two pairs it would add and subtract are skipped: they cancel.
     """
     sha = hashlib.sha256
     link, _ = _link_hasher(link_key)
@@ -842,11 +856,17 @@ def tally_stream(
             t.min_seq, t.min_line = seq, line
         if seq > t.max_seq:
             t.max_seq, t.max_content = seq, stored
-        h = link()
-        h.update(seq_b + b"|" + stored)
-        g = link()
-        g.update(b"%d|" % (seq - 1) + prev)
-        t.links += from_bytes(h.digest(), "little") - from_bytes(g.digest(), "little")
+        if seq != t.pend_seq + 1 or prev != t.pend_stored:
+            # not the successor of the zone's previous row in this stream: both pairs count
+            if t.pend_seq != _NO_PENDING:
+                h = link()
+                h.update(b"%d|" % t.pend_seq + t.pend_stored)
+                t.links += from_bytes(h.digest(), "little")
+            g = link()
+            g.update(b"%d|" % (seq - 1) + prev)
+            t.links -= from_bytes(g.digest(), "little")
+        # else: the link to the previous row holds; its pair and this row's request cancel
+        t.pend_seq, t.pend_stored = seq, stored
         if mac is not None:
             if sig:
                 t.keyed += 1
@@ -865,6 +885,9 @@ def tally_stream(
                         sig.decode("utf-8", "replace")):
                     t.archive_bad += 1
                     keep(t.archive_examples, (-seq, event_id, event.event_id), cap)
+    _, value = _link_hasher(link_key)
+    for t in tallies.values():
+        t.flush(value)
     return n
 
 

@@ -179,12 +179,24 @@ def _chain(n: int, start: int = 1, prev: str = "") -> list[tuple[int, str, str, 
     return out
 
 
-def _balanced(rows: Sequence[tuple[int | None, str, str, list[str]]]) -> bool:
-    """Whether the streaming pass's balance accepts these rows as one zone's chain."""
+def _balanced(rows: Sequence[tuple[int | None, str, str, list[str]]], *, pieces: int = 1
+              ) -> bool:
+    """Whether the streaming pass's balance accepts these rows as one zone's chain.
+
+    ``pieces`` > 1 feeds them as that many streams (partitions) into separate tallies merged
+    afterwards, as worker processes do.
+    """
     link_key = os.urandom(32)
+    lines = [_line("z", s, c, p, f) for s, c, p, f in rows]
     tallies: dict[bytes, _ZoneTally] = {}
-    tally_stream([_line("z", s, c, p, f) for s, c, p, f in rows], tallies, key=None,
-                 link_key=link_key, archive=None, cap=5)
+    for i in range(pieces):
+        part: dict[bytes, _ZoneTally] = {}
+        tally_stream(lines[i::pieces], part, key=None, link_key=link_key, archive=None, cap=5)
+        for zone, tally in part.items():
+            if zone in tallies:
+                tallies[zone].merge(tally, 5)
+            else:
+                tallies[zone] = tally
     _, value = audit_chain._link_hasher(link_key)
     (tally,) = tallies.values()
     assert tally.content_bad == 0
@@ -197,6 +209,8 @@ def test_balance_accepts_whole_chains_and_retention_prefixes() -> None:
     assert _balanced(rows)
     assert _balanced(list(reversed(rows)))
     assert _balanced(rows[20:])  # starts at 21 with a predecessor hash: a retention prefix
+    assert _balanced(rows, pieces=3)  # interleaved over three merged streams
+    assert not _balanced(rows[:10] + rows[11:], pieces=2)
 
 
 @pytest.mark.parametrize("defect", ["deleted", "duplicated", "swapped", "relinked", "null",
