@@ -163,6 +163,14 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     return _collect(_spawn(job))
 
 
+def current_rss_mb() -> float:
+    """This process's resident set size now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0  # pragma: no cover
+
+
 def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -73,13 +74,41 @@ def loadavg() -> list[float]:
 # --------------------------------------------------------------------------- one size
 
 
+class RssSampler:
+    """This process's RSS every half second, the maximum kept per named phase."""
+
+    def __init__(self) -> None:
+        self.phase = "idle"
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            rss = probe.current_rss_mb()
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+SAMPLER = RssSampler()
+
+
 def _timed(times: dict[str, float], key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a function so that its duration is added to ``times[key]``."""
+    """Wrap a function so that its duration is added to ``times[key]`` (RSS tagged with it)."""
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, before = time.perf_counter(), SAMPLER.phase
+        SAMPLER.phase = key
         try:
             return fn(*args, **kwargs)
         finally:
+            SAMPLER.phase = before
             times[key] = times.get(key, 0.0) + time.perf_counter() - started
     return wrapper
 
@@ -88,8 +117,10 @@ def _timed_cm(times: dict[str, float], key: str, fn: Callable[..., Any]) -> Call
     """Wrap a context-manager function so that entering it is timed."""
     @contextlib.contextmanager
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        started = time.perf_counter()
+        started, before = time.perf_counter(), SAMPLER.phase
+        SAMPLER.phase = key
         with fn(*args, **kwargs) as value:
+            SAMPLER.phase = before
             times[key] = times.get(key, 0.0) + time.perf_counter() - started
             yield value
     return wrapper
@@ -143,6 +174,15 @@ def raw_dump_restore(source: Any, target: Any, work: Path) -> dict[str, Any]:
             "dump_bytes": size, "loadavg": loadavg()}
 
 
+def _junit_slowest(path: Path, top: int = 15) -> list[tuple[str, float]]:
+    """The slowest checks of a JUnit XML report (setup + call + teardown, as pytest counts)."""
+    if not path.exists():
+        return []
+    cases = [(f"{c.get('classname', '')}::{c.get('name', '')}", float(c.get("time", 0)))
+             for c in ET.parse(path).getroot().iter("testcase")]
+    return [(name, round(t, 1)) for name, t in sorted(cases, key=lambda x: -x[1])[:top]]
+
+
 def _junit_counts(path: Path) -> dict[str, int]:
     """tests/failures/errors/skipped of a JUnit XML report."""
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
@@ -192,6 +232,7 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         for p in patches:
             patched.enter_context(p)
         started = time.perf_counter()
+        SAMPLER.phase = "pipeline (other)"
         with pipeline.run_pipeline(spec, stack) as state:
             pipeline_s = time.perf_counter() - started
             result["pipeline_errors"] = dict(state.errors)
@@ -201,6 +242,7 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
             env = {k: v for k, v in os.environ.items() if not k.startswith("CARACAL_RESTORE_")}
             junit = work / f"{tag}-junit.xml"
             started = time.perf_counter()
+            SAMPLER.phase = "checks (services and object store answering)"
             proc = subprocess.run(
                 [sys.executable, "-m", "pytest", "checks", "-n", workers, "-p",
                  "no:cacheprovider", "-q", f"--run-state={state_file}",
@@ -208,13 +250,16 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
                 cwd=REPO, env=env, capture_output=True, text=True, timeout=14400, check=False,
             )
             checks_s = time.perf_counter() - started
+            SAMPLER.phase = "idle"
             state_file.unlink()
             teardown_started = time.perf_counter()
         teardown_s = time.perf_counter() - teardown_started
     result.update(
+        rss_peaks_mb={k: round(v) for k, v in SAMPLER.peaks.items()},
         pipeline_s=pipeline_s, checks_s=checks_s, total_s=pipeline_s + checks_s,
         teardown_s=teardown_s, phases=times, checks_exit=proc.returncode,
-        checks=_junit_counts(junit), checks_tail=proc.stdout[-1500:], loadavg=loadavg(),
+        checks=_junit_counts(junit), slowest_checks=_junit_slowest(junit),
+        checks_tail=proc.stdout[-1500:], loadavg=loadavg(),
     )
     backup = times.get("take_backup", 0.0) + times.get("encrypt", 0.0)
     result["backup_s"] = backup
@@ -236,7 +281,8 @@ def one_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
     work.chmod(0o755)
     out: dict[str, Any] = {"events": events, "loadavg_start": loadavg()}
     try:
-        with start_stack(StackSpec(workdir=work)) as stack:
+        with SAMPLER, start_stack(StackSpec(workdir=work)) as stack:
+            SAMPLER.phase = "generate"
             # The source's exports go to an Object Lock bucket of their own, as the pipeline
             # makes one (COMPLIANCE, 365 days); the pipeline's own (empty) bucket is unused.
             archive = stack.objects.bucket(f"{ARCHIVE_BUCKET}-bench", create=True,
@@ -268,15 +314,18 @@ def one_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
                     for _ in range(args.suite_repeat):
                         out["suite"].append(whole_suite(source, stack, events, work, args.xdist))
                         log("  raw pg_dump -Fc + pg_restore")
+                        SAMPLER.phase = "raw dump and restore (this process waits)"
                         out["raw"].append(raw_dump_restore(source.pg, stack.pg, work))
                         log(f"  raw: {out['raw'][-1]['total_s']:.1f} s "
                             f"(dump {out['raw'][-1]['dump_s']:.1f} s)")
+                SAMPLER.phase = "verifier probes (this process waits)"
                 if not args.no_verifiers:
                     out["verifiers"] = measure_verifiers(job, args.repeat, args.ordered_max,
                                                          events, args.hash_sample)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["loadavg_end"] = loadavg()
+    out["size_process_rss_peaks_mb"] = {k: round(v) for k, v in SAMPLER.peaks.items()}
     return out
 
 
