@@ -654,7 +654,8 @@ def _audit_content(r: tuple[Any, ...]) -> str:
 # (chain_seq - 1, prev_content_sha256) pairs the rows ask for, but for the chain's two ends.
 # Mapping each pair through a hash keyed with fresh randomness and adding turns that equality
 # into one integer per zone (a randomised multiset test: an attacker who wrote the rows before
-# the key existed cannot make a broken chain balance, except with probability ~2^-120); pairs
+# the key existed cannot make a broken chain balance but with negligible probability — the sum
+# of 128-bit keyed hashes cancels by chance below 2^-100 for any table under 2^28 rows); pairs
 # that cancel between consecutive rows of the stream are not even hashed. With
 # chain_seq >= 1 everywhere, a balance proves the chain_seq are exactly min..max once each and
 # every row's prev is its predecessor's content — exactly when the ordered scan would see no
@@ -893,8 +894,13 @@ def tally_stream(
 
 def _copy_rows(conn: psycopg.Connection[Any], relation: str, zones: Collection[str] | None,
                sink: Callable[[Iterable[Any]], int]) -> int:
-    """Run the streaming COPY of one relation and feed its rows to ``sink``."""
+    """Run the streaming COPY of one relation and feed its rows to ``sink``.
+
+    The bytes must be UTF-8 (what the hashes cover): the client encoding is pinned for the
+    transaction, whatever the caller's connection uses.
+    """
     query, params = stream_query(relation, zones)
+    conn.execute("SELECT set_config('client_encoding', 'UTF8', true)")
     with conn.cursor() as cur, cur.copy(query, params or None) as copy:
         return sink(copy)
 

@@ -272,3 +272,18 @@ def test_rows_needing_copy_escapes_hash_like_any_other(clone: Clone, source: Sou
                    verify_audit_chain_sql(conn, hmac_key=source.key)):
         assert set(report.counts) <= {"retention_hole", "gap"}, report.summary()
         assert report.zones[zone].head_sha256 == new_content
+
+
+def test_a_latin1_client_still_hashes_utf8(pg: postgres.PostgresServer, clone: Clone,
+                                           source: Source) -> None:
+    """The hashes cover UTF-8 bytes: a session in another client encoding changes nothing."""
+    name = clone().info.dbname
+    with pg.connect(name, options="-c client_encoding=LATIN1") as conn:
+        non_latin1 = conn.execute(
+            "SELECT count(*) FROM audit_events WHERE metadata_json::text ~ '[^\\x01-\\xff]'"
+        ).fetchone()
+        assert non_latin1 is not None
+        assert non_latin1[0] > 0  # rows LATIN1 could not even carry
+        report = verify_audit_chain(conn, hmac_key=source.key)
+        assert set(report.counts) <= {"retention_hole", "gap"}, report.summary()
+        assert conn.execute("SHOW client_encoding").fetchone() == ("LATIN1",)
