@@ -329,3 +329,20 @@ def test_zone_filter(clone: Clone, source: Source) -> None:
                    zones={source.zones[1], source.zones[2]})
     assert set(report.zones) == {source.zones[1], source.zones[2]}
     assert where(report, "truncated_head") == [(source.zones[2], None)]
+
+
+def test_in_database_hmac_without_pgcrypto(clone: Clone, source: Source,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without pgcrypto the server computes the HMAC from the key pads: same findings."""
+    from caracal_restore import audit_chain_sql
+
+    conn = clone()
+    zone = source.zones[1]
+    forge(conn, zone, middle(conn, zone), OTHER_KEY, decision="allow-forged")
+    with_pgcrypto = verify_audit_chain_sql(conn, hmac_key=source.key)
+    monkeypatch.setattr(audit_chain_sql, "_hmac_function", lambda _conn: None)
+    by_hand = verify_audit_chain_sql(conn, hmac_key=source.key)
+    assert _view(by_hand) == _view(with_pgcrypto)
+    assert by_hand.counts["hmac_mismatch_some"] == 1
+    wrong = verify_audit_chain_sql(conn, hmac_key=bytes(range(200, 232)))
+    assert "hmac_mismatch_all" in wrong.counts, wrong.summary()
