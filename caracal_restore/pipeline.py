@@ -206,6 +206,7 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
         archive=archive, seed=spec.seed, volume=volume, workdir=spec.workdir, keep=spec.keep,
         pg_bindir=spec.pg_bindir, cache_dir=spec.cache_dir, redis_binary=spec.redis_binary,
     ))
+    _keep_services_alive(deployment.owner_db, agents_table)
     out = work / "backups"
     out.mkdir()
     client = deployment.redis.client()
@@ -243,6 +244,25 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
 def reference_release(spec: PipelineSpec) -> str:
     """The release of the reference source: ``1.0`` when asked, else 2026.06 (``auto`` too)."""
     return "1.0" if spec.reference_release == "1.0" else "2026.06"
+
+
+def _keep_services_alive(owner_db: PgEndpoint, agents_table: str) -> None:
+    """Heartbeat the reference's active service agents just before the backup.
+
+    A running Coordinator keeps every live service agent's lease fresh; the reference source
+    has no Coordinator between generating its data and being backed up, so without this a slow
+    machine would back up service agents whose lease lapsed moments ago — a state a real
+    deployment is never in, and one the sweeper controls rightly flag.
+    """
+    lease = dt.timedelta(seconds=120)  # SERVICE_AGENT_LEASE_SECONDS default (both releases)
+    with psycopg.connect(owner_db.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET last_heartbeat_at = now(), heartbeat_deadline_at = now() + %s,"
+                " last_active_at = now() WHERE lifecycle = 'service' AND status = 'active'"
+            ).format(sql.Identifier(agents_table)),
+            (lease,),
+        )
 
 
 def _new_identity(work: Path) -> tuple[Path, str]:

@@ -176,10 +176,11 @@ def _artifact_plain(c: ClonedRun, run: PreparedRun, tmp: Path, state: RunState) 
     'encrypted', so only a check that reads the artifact can tell."""
     assert state.bundle is not None
     key = f"plain-{uuid.uuid4().hex[:8]}-{Path(state.bundle.archive).name}"
-    store = run.stack.objects.bucket("caracal-backups")
+    bucket = state.bundle.source[len("s3://"):].split("/", 1)[0]  # this run's backup bucket
+    store = run.stack.objects.bucket(bucket)
     store.put(key, Path(state.bundle.archive).read_bytes())
     return dataclasses.replace(state, bundle=dataclasses.replace(
-        state.bundle, source=f"s3://caracal-backups/{key}", encrypted=True))
+        state.bundle, source=f"s3://{bucket}/{key}", encrypted=True))
 
 
 def _no_fingerprint_rows_deleted(c: ClonedRun, run: PreparedRun, tmp: Path,

@@ -387,8 +387,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              {"RC-EXP-2": "restored rows but no object audit/"}),
     Scenario("RC-EXP-3-wrong-hmac-key", wrong_hmac_key,
              {"RC-EXP-3": "chain_hmac does not match"}),
+    # Evidence lost before export also leaves holes no archive explains: the chain verifier
+    # agreeing (RC-AUD-5, the same "Audit database" row) is part of the diagnosis.
     Scenario("RC-EXP-4-aged-out-before-export", aged_out_before_export,
-             {"RC-EXP-4": "evidence aged out before it was exported"}),
+             {"RC-EXP-4": "evidence aged out before it was exported",
+              "RC-AUD-5": "unexplained gaps"}),
     Scenario("RC-EXP-5-object-overwritten", object_overwritten,
              {"RC-EXP-5": "has 2 versions: it was written more than once"}),
     Scenario("RC-ARC-1-no-default-retention", unlocked_archive,
