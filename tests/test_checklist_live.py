@@ -96,9 +96,10 @@ def test_exchange_verdict_names_a_minted_key() -> None:
         PROFILE) == []
 
 
-def test_release_without_the_session_mandate_flow_is_not_evaluated() -> None:
-    """Release 1.0 needs a Coordinator flow this suite does not drive: broken, never passed."""
-    with live.http_client() as client, pytest.raises(live.NotEvaluable, match="gateway-mandate"):
+def test_gateway_mandate_flow_without_a_coordinator_is_not_evaluated() -> None:
+    """Release 1.0's canary needs the Coordinator: without its URL the check is broken
+    (not evaluable), never passed."""
+    with live.http_client() as client, pytest.raises(live.NotEvaluable, match="Coordinator"):
         live.canary_exchange(
             client, "http://127.0.0.1:1", zone_id="z", application_id="a", client_secret="s" * 8,
             resource="r", profile=profile_for("1.0"), restored_conn=None,  # type: ignore[arg-type]
