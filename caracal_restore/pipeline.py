@@ -104,6 +104,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
         canary: CanaryInputs | None = None
         reference_info: dict[str, Any] | None = None
         archive_bucket: str | None = None
+        live_source: PgEndpoint | None = None  # the reference source, read only by the checks
         opened: bundles.Bundle | None = None
         restored: RestoredEnvironment | None = None
         release = spec.release
@@ -116,6 +117,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
                     deployment, bundle_path, identity = _reference_backup(spec, stack, work, exits)
                     source_secrets = dict(deployment.secrets)
                     archive_bucket = deployment.archive_bucket
+                    live_source = deployment.owner_db
                     c = deployment.data.canary
                     canary = CanaryInputs(c.zone_id, c.application_id, c.resource_identifier,
                                           c.client_secret, tuple(c.signing_key_ids))
@@ -176,6 +178,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             archive_bucket=archive_bucket,
             canary=canary,
             services=services,
+            live_source_db=live_source,
             reference=reference_info,
             errors=phases.errors,
         )
