@@ -78,8 +78,13 @@ class RunState:
     archive_bucket: str | None
     canary: CanaryInputs | None
     services: ServicesInfo
+    #: The live source (``--source-dsn``, or the reference deployment the suite built): read
+    #: only, compared where the source may have moved on since the backup.
     live_source_db: PgEndpoint | None = None
     live_source_redis: RedisEndpoint | None = None
+    #: Where the source's audit exports live when the user named it (``--archive``): an
+    #: ``s3://`` bucket on the run's object store, or a directory.
+    archive_location: str | None = None
     reference: dict[str, Any] | None = None
     #: Phase name -> why it failed; checks depending on it are reported broken with this text.
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -117,6 +122,7 @@ class RunState:
             live_source_redis=RedisEndpoint(**data["live_source_redis"])
             if data["live_source_redis"] else None,
             reference=data["reference"],
+            archive_location=data.get("archive_location"),
             errors=data["errors"],
         )
 
