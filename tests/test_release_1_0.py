@@ -360,7 +360,7 @@ def test_pipeline_builds_restores_and_detects_a_1_0_reference() -> None:
             assert state.release == "1.0"
             assert state.comparison_basis == "fingerprint"
             assert state.bundle is not None
-            assert state.bundle.databases == PROFILE.databases
+            assert state.bundle.databases == PROFILE.databases + PROFILE.optional_databases
             assert state.services.mode == "reference"
             assert state.services.coordinator_url
             ready = httpx.get(f"{state.services.coordinator_url}/ready", trust_env=False)

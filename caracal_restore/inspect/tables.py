@@ -24,6 +24,7 @@ from psycopg import sql
 
 from caracal_restore import fingerprint as fp
 from caracal_restore.environments.base import PgEndpoint, is_loopback
+from caracal_restore.inspect import CannotEvaluate
 from caracal_restore.profiles import Profile, ReferenceSpec
 from caracal_restore.redact import REDACTOR
 
@@ -57,16 +58,12 @@ class Isolation:
     wal_receivers: int
     subscriptions: tuple[str, ...]
     foreign_servers: tuple[str, ...]
-    source: str | None
-    source_system_identifier: str | None
-    source_note: str
     findings: tuple[str, ...]
 
 
-def observe_isolation(
-    conn: Conn, target: PgEndpoint, *, remote_allowed: bool, source: PgEndpoint | None
-) -> Isolation:
-    """Is the restored database apart from its source, and linked to nothing else?"""
+def observe_isolation(conn: Conn, target: PgEndpoint, *, remote_allowed: bool) -> Isolation:
+    """Is the restored database linked to nothing outside the target (no replication, no
+    subscription, no foreign server) and on a host named as isolated?"""
     row = conn.execute(
         "SELECT (SELECT system_identifier::text FROM pg_control_system()), pg_is_in_recovery(),"
         " (SELECT count(*) FROM pg_stat_replication), (SELECT count(*) FROM pg_stat_wal_receiver)"
@@ -92,31 +89,48 @@ def observe_isolation(
         findings.append(f"logical replication subscriptions pull from elsewhere: {', '.join(subs)}")
     if servers:
         findings.append(f"foreign servers reach outside the target: {', '.join(servers)}")
-    source_where = source_id = None
-    note = "the run does not record the source's endpoint (reference source or bundle)"
-    if source is not None:
-        source_where = f"{source.host}:{source.port}"
-        if (source.host, source.port) == (target.host, target.port):
-            findings.append(f"restored onto the source server itself ({source_where})")
-        try:
-            with psycopg.connect(source.read_only().conninfo(), autocommit=True,
-                                 connect_timeout=5) as src:
-                got = src.execute(
-                    "SELECT system_identifier::text FROM pg_control_system()").fetchone()
-            source_id = str(got[0]) if got else None
-            note = "source reached read-only to compare cluster identities"
-        except psycopg.Error as exc:
-            note = REDACTOR(f"source not reachable to compare cluster identities: "
-                            f"{type(exc).__name__}")
-        if source_id is not None and source_id == system_id:
-            findings.append(f"the target is the source's cluster (system identifier {system_id})")
     return Isolation(
         target=f"{target.host}:{target.port}/{target.dbname}", loopback=loopback,
         remote_allowed=remote_allowed, system_identifier=system_id, in_recovery=recovery,
         replication_senders=senders, wal_receivers=receivers, subscriptions=subs,
-        foreign_servers=servers, source=source_where, source_system_identifier=source_id,
-        source_note=note, findings=tuple(findings),
+        foreign_servers=servers, findings=tuple(findings),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceApart:
+    """The restore target against the live source: address and cluster identity."""
+
+    target: str
+    target_system_identifier: str
+    source: str
+    source_system_identifier: str
+    findings: tuple[str, ...]
+
+
+def observe_source_apart(conn: Conn, target: PgEndpoint, source: PgEndpoint) -> SourceApart:
+    """Is the restore target another server than the live source (address and
+    ``pg_control_system().system_identifier``)? An unreachable source cannot be compared."""
+    row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    assert row is not None
+    system_id = str(row[0])
+    where = f"{source.host}:{source.port}"
+    try:
+        with psycopg.connect(source.read_only().conninfo(), autocommit=True,
+                             connect_timeout=5) as src:
+            got = src.execute("SELECT system_identifier::text FROM pg_control_system()"
+                              ).fetchone()
+    except psycopg.Error as exc:
+        raise CannotEvaluate(REDACTOR(f"the live source {where} could not be reached to compare "
+                                      f"cluster identities: {type(exc).__name__}")) from None
+    source_id = str(got[0]) if got else ""
+    findings = []
+    if (source.host, source.port) == (target.host, target.port):
+        findings.append(f"restored onto the source server itself ({where})")
+    if source_id == system_id:
+        findings.append(f"the target is the source's cluster (system identifier {system_id})")
+    return SourceApart(f"{target.host}:{target.port}/{target.dbname}", system_id, where,
+                       source_id, tuple(findings))
 
 
 # ----------------------------------------------------------------------------- databases
@@ -129,13 +143,18 @@ class DatabasePresence:
     manifest: tuple[str, ...]
     restored: dict[str, str | None]
     on_target: dict[str, bool]
+    #: The release's databases every backup holds, and those only some deployments have.
+    required: tuple[str, ...]
+    optional_absent: tuple[str, ...]
     findings: tuple[str, ...]
 
 
 def observe_databases(
-    conn: Conn, manifest: Sequence[str], restored: Mapping[str, PgEndpoint]
+    conn: Conn, manifest: Sequence[str], restored: Mapping[str, PgEndpoint],
+    *, required: Sequence[str] = (), optional: Sequence[str] = (),
 ) -> DatabasePresence:
-    """Every database of the manifest restored into a database that exists on the target."""
+    """Every database of the manifest restored into a database that exists on the target, and
+    every database the release always has listed in the manifest."""
     existing = {r[0] for r in conn.execute(
         "SELECT datname FROM pg_database WHERE NOT datistemplate").fetchall()}
     mapping = {db: (restored[db].dbname if db in restored else None) for db in manifest}
@@ -143,13 +162,16 @@ def observe_databases(
     findings = []
     if not manifest:
         findings.append("manifest.txt lists no database at all")
+    findings += [f"{db}: every deployment of the release has it, but manifest.txt does not "
+                 "list it" for db in required if db not in manifest]
     for db in manifest:
         if mapping[db] is None:
             findings.append(f"{db}: listed in manifest.txt but not restored")
         elif not found[db]:
             findings.append(f"{db}: restored as {mapping[db]!r}, which does not exist on the "
                             "target")
-    return DatabasePresence(tuple(manifest), mapping, found, tuple(findings))
+    return DatabasePresence(tuple(manifest), mapping, found, tuple(required),
+                            tuple(db for db in optional if db not in manifest), tuple(findings))
 
 
 def manifest_databases(bundle_root: Path) -> tuple[str, ...]:
@@ -196,17 +218,22 @@ class DumpContents:
     partitions: dict[str, list[dict[str, str]]]
     #: First-column values of the tables asked for (COPY text form), in dump order.
     first_column: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: Whole rows of the tables asked for (COPY text columns; ``\\N`` is NULL), in dump order.
+    rows_of: dict[str, list[list[str]]] = dataclasses.field(default_factory=dict)
 
 
 def read_dump(dump: Path, pg_restore: Path, *, capture: Iterable[str] = (),
-              timeout: float = 3600) -> DumpContents:
+              only: Iterable[str] = (), timeout: float = 3600) -> DumpContents:
     """Stream ``pg_restore -f -`` of a dump and count each table's COPY rows (nothing restored).
 
-    For the tables in ``capture`` the first column of every row is kept too (the ledger).
+    For the tables in ``capture`` the first column of every row is kept too (the ledger), and
+    each whole row in ``rows``. ``only`` limits the read to those tables (``pg_restore -t``).
     """
-    contents = DumpContents({}, {}, {name: [] for name in capture})
+    contents = DumpContents({}, {}, {name: [] for name in capture},
+                            {name: [] for name in capture})
+    tables = [f"--table={name}" for name in only]
     with tempfile.TemporaryFile() as errors:
-        with subprocess.Popen([str(pg_restore), "--file=-", str(dump)],
+        with subprocess.Popen([str(pg_restore), "--file=-", *tables, str(dump)],
                               stdout=subprocess.PIPE, stderr=errors) as proc:
             assert proc.stdout is not None
             try:
@@ -235,8 +262,9 @@ def _parse_dump(lines: Iterable[bytes], into: DumpContents) -> None:
             else:
                 into.rows[current] += 1
                 if current in into.first_column:
-                    into.first_column[current].append(
-                        line.rstrip(b"\n").split(b"\t", 1)[0].decode(errors="replace"))
+                    columns = line.rstrip(b"\n").decode(errors="replace").split("\t")
+                    into.first_column[current].append(columns[0])
+                    into.rows_of[current].append(columns)
             continue
         if line.startswith(b"COPY "):
             match = _COPY.match(line)

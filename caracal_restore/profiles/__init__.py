@@ -69,6 +69,8 @@ class Profile:
     probe_version: str
     ledger_table: str
     migrations: tuple[str, ...]
+    #: Databases every deployment of the release has (backup.sh dumps every non-template
+    #: database but ``postgres``, so a bundle lists at least these).
     databases: tuple[str, ...]
     #: Tables the release's verify.sh requires (to_regclass) and retired tables it forbids.
     verify_tables: tuple[str, ...]
@@ -100,6 +102,9 @@ class Profile:
     #: Secret file of the Coordinator operator token.
     coordinator_token_secret: str = ""
     # ---- added for release 1.0 (every field has a default; 2026.06 fills them too) ----
+    #: Databases only some deployments have (1.0's web auth database ``caracal_auth`` exists
+    #: only once the web service created it, FACTS-1.0 §1): a bundle may lack them.
+    optional_databases: tuple[str, ...] = ()
     #: Pinned migration file hashes as (file name, sha256): ``released.sha256`` at 1.0,
     #: FACTS-2026.06 Appendix A.1 (ours; the release ships none) at 2026.06.
     migration_manifest: tuple[tuple[str, str], ...] = ()

@@ -72,6 +72,32 @@ CONSISTENCY_RULES = (
 
 
 @dataclasses.dataclass(frozen=True)
+class LiveComparison:
+    """A comparison with the live source where it may have moved on since the backup."""
+
+    clause: str
+    key: str
+    requires: str
+
+
+LIVE_COMPARISONS = (
+    LiveComparison("RC-1.7.ledger", "ledger",
+                   "the restored migration ledger equals the live source's"),
+    LiveComparison("RC-1.7.audit-chains", "audit-chains",
+                   "every restored audit_events row equals the source's row at its zone and "
+                   "chain_seq (content_sha256, chain_hmac), and the source's rows up to each "
+                   "restored head are restored; rows the source's retention dropped since are "
+                   "reported"),
+    LiveComparison("RC-1.7.admin-audit-chains", "admin-audit-chains",
+                   "every restored admin audit chain is a prefix of the source's (nothing "
+                   "prunes it)"),
+    LiveComparison("RC-1.7.revocations", "revocations",
+                   "every revocation the restore holds still holds at the source; rows the "
+                   "source deleted since, or suspensions it lifted, are reported"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class SealedClause:
     """A location sealed under the release's KEK (key of profile ``sealed_locations``)."""
 

@@ -65,11 +65,10 @@ def restored_fingerprint(restored_db: PgEndpoint, profile: Profile) -> dict[str,
 @control("RC-1.1", feature=STEP1, grade="verified", severity=Severity.CRITICAL)
 def test_target_is_isolated(run_state: RunState, restored_conn: psycopg.Connection[Any],
                             suite_config: SuiteConfig) -> None:
-    """RC-1.1 The restore landed on an isolated server: not the source, and linked to nothing."""
+    """RC-1.1 The restore landed on an isolated server: linked to nothing outside the target."""
     target = run_state.restored_databases["caracal"]
-    seen = inspect_tables.observe_isolation(
-        restored_conn, target, remote_allowed=suite_config.allow_remote_target,
-        source=run_state.live_source_db)
+    seen = inspect_tables.observe_isolation(restored_conn, target,
+                                            remote_allowed=suite_config.allow_remote_target)
     evidence.json("isolation of the restore target", dataclasses.asdict(seen))
     assert not seen.findings, (
         f"the restored database {seen.target} is not isolated: "
@@ -77,16 +76,38 @@ def test_target_is_isolated(run_state: RunState, restored_conn: psycopg.Connecti
         "an isolated environment")
 
 
+@control("RC-1.1", feature=STEP1, grade="verified", severity=Severity.CRITICAL)
+def test_target_is_not_the_source_cluster(run_state: RunState,
+                                          restored_conn: psycopg.Connection[Any]) -> None:
+    """RC-1.1 The restore target is not the source: another address and another cluster.
+
+    Compared with the live source (``--source-dsn``, or the reference deployment the suite
+    built): its address and ``pg_control_system().system_identifier``, read read-only.
+    """
+    if run_state.live_source_db is None:
+        pytest.skip("not evaluated: no live source given (--source-dsn)")
+    target = run_state.restored_databases["caracal"]
+    seen = inspect_tables.observe_source_apart(restored_conn, target, run_state.live_source_db)
+    evidence.json("restore target against the live source", dataclasses.asdict(seen))
+    assert not seen.findings, (
+        f"the restored database {seen.target} is not apart from the source {seen.source}: "
+        f"{'; '.join(seen.findings)}; the checklist requires restoring into an isolated "
+        "environment, never onto the source")
+
+
 @control("RC-1.2", feature=STEP1, grade="verified", severity=Severity.CRITICAL)
-def test_every_manifest_database_is_restored(run_state: RunState,
+def test_every_manifest_database_is_restored(run_state: RunState, profile: Profile,
                                              restored_conn: psycopg.Connection[Any]) -> None:
-    """RC-1.2 Every database the bundle's manifest lists exists on the restore target."""
+    """RC-1.2 Every database the bundle's manifest lists (at least the release's) is restored."""
     manifest = inspect_tables.manifest_databases(_bundle_root(run_state))
-    seen = inspect_tables.observe_databases(restored_conn, manifest, run_state.restored_databases)
+    seen = inspect_tables.observe_databases(restored_conn, manifest, run_state.restored_databases,
+                                            required=profile.databases,
+                                            optional=profile.optional_databases)
     evidence.json("manifest databases on the target", dataclasses.asdict(seen))
     assert not seen.findings, (
         f"{inspect_tables.shorten(list(seen.findings))}; every database of manifest.txt "
-        f"({', '.join(manifest)}) must be restored")
+        f"({', '.join(manifest)}) must be restored, and the manifest must list release "
+        f"{profile.release}'s {', '.join(profile.databases)}")
 
 
 @control("RC-1.3", feature=STEP1, grade="verified", severity=Severity.CRITICAL)
