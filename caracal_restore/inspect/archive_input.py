@@ -11,6 +11,7 @@ evaluated, and say what to pass.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,23 @@ def never_exported(conn: psycopg.Connection[Any], source_watermark_rows: int | N
             f"none of the {events} restored audit events is missing from its zone's chain, so "
             "there is nothing an archive would have to hold (name one with --archive to check "
             "it anyway)")
+
+
+def dump_watermark(dump: Path, pg_restore: Path) -> tuple[int, tuple[dt.datetime, dt.datetime] | None]:
+    """Rows of the export watermark in the dump (the source at backup time), and the
+    ``parquet-hourly`` row's (last_exported_hour, updated_at) when it is there."""
+    from caracal_restore.inspect.tables import read_dump
+
+    contents = read_dump(dump, pg_restore, capture=[WATERMARK_TABLE], only=[WATERMARK_TABLE])
+    if WATERMARK_TABLE not in contents.rows:
+        raise LookupError(f"the dump holds no table {WATERMARK_TABLE}")
+    columns = contents.columns_of.get(WATERMARK_TABLE, [])
+    for row in contents.rows_of[WATERMARK_TABLE]:
+        values = dict(zip(columns, row, strict=False))
+        if values.get("name") == WATERMARK_NAME:
+            hour, updated = values.get("last_exported_hour"), values.get("updated_at")
+            if not hour or not updated or "\\N" in (hour, updated):
+                raise LookupError(f"the dump's {WATERMARK_NAME!r} row has no time")
+            return contents.rows[WATERMARK_TABLE], (dt.datetime.fromisoformat(hour),
+                                                    dt.datetime.fromisoformat(updated))
+    return contents.rows[WATERMARK_TABLE], None

@@ -220,6 +220,8 @@ class DumpContents:
     first_column: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     #: Whole rows of the tables asked for (COPY text columns; ``\\N`` is NULL), in dump order.
     rows_of: dict[str, list[list[str]]] = dataclasses.field(default_factory=dict)
+    #: Column names of the tables asked for, as their COPY statement lists them.
+    columns_of: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def read_dump(dump: Path, pg_restore: Path, *, capture: Iterable[str] = (),
@@ -271,6 +273,9 @@ def _parse_dump(lines: Iterable[bytes], into: DumpContents) -> None:
             if match:
                 current = match.group(1).decode()
                 into.rows.setdefault(current, 0)
+                if current in into.rows_of:
+                    listed = line.decode(errors="replace").split("(", 1)[1].rsplit(")", 1)[0]
+                    into.columns_of[current] = [c.strip().strip('"') for c in listed.split(",")]
         elif line.startswith(b"ALTER TABLE ONLY") and b" ATTACH PARTITION " in line:
             match = _ATTACH.match(line.rstrip(b"\n"))
             if match:
