@@ -83,7 +83,8 @@ MUST_PASS = ("test_target_is_isolated", "test_every_manifest_database_is_restore
              "test_verify_e_row_level_security", "test_audit_chain_verifies",
              "test_every_database_is_restored_row_for_row",
              "test_sealed_values_open_under_the_restored_kek",
-             "test_admin_token_matches_its_stored_hash", "test_streams_key_verifies_stream_signatures")
+             "test_admin_token_matches_its_stored_hash",
+             "test_streams_key_verifies_stream_signatures")
 SKIP_REASONS = ("not applicable", "not evaluated", "not requested")
 
 

@@ -65,7 +65,8 @@ def never_exported(conn: psycopg.Connection[Any], source_watermark_rows: int | N
             "it anyway)")
 
 
-def dump_watermark(dump: Path, pg_restore: Path) -> tuple[int, tuple[dt.datetime, dt.datetime] | None]:
+def dump_watermark(dump: Path, pg_restore: Path
+                   ) -> tuple[int, tuple[dt.datetime, dt.datetime] | None]:
     """Rows of the export watermark in the dump (the source at backup time), and the
     ``parquet-hourly`` row's (last_exported_hour, updated_at) when it is there."""
     from caracal_restore.inspect.tables import read_dump
