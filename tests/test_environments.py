@@ -153,6 +153,32 @@ def test_embedded_object_store_round_trip_and_probe() -> None:
         httpx.get(str(url), timeout=1)
 
 
+def test_embedded_object_store_lists_versions_without_keeping_copies() -> None:
+    """Listing versions answers as before (counts, latest sizes, data still readable) and does
+    not keep a copy of every object's data per page, as moto 5 alone does (a 10 000-object
+    archive listed a few times exhausted 23 GB)."""
+    import tracemalloc
+
+    with objectstore.embedded() as srv:
+        store = srv.bucket("listing", create=True, object_lock=True, compliance_days=1)
+        for i in range(200):
+            assert store.put(f"audit/k{i:03d}", bytes([i % 256]) * 20_000, if_none_match=True)
+        store.put("audit/k000", b"second version")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(5):
+                listed = store.list("audit/")
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert {i.key: (i.size, i.versions) for i in listed}["audit/k000"] == (14, 2)
+        assert all(i.versions == 1 and i.size == 20_000 for i in listed if i.key != "audit/k000")
+        assert store.get("audit/k001") == bytes([1]) * 20_000, "a listing closed stored data"
+    # 5 listings of 200 x 20 kB would keep 20 MB with moto's copies.
+    assert grown < 4_000_000, f"listing versions kept {grown} bytes"
+
+
 PLAIN_MOTO_PROBE = """
 import boto3, json
 from moto import mock_aws
