@@ -256,8 +256,16 @@ def test_data_is_what_retention_leaves_at_now(built: Built) -> None:
             month = dt.date(int(name[14:18]), int(name[19:21]), 1)
             assert schema.partition_bounds(month)[1] > NOW - window, name
         assert built.data.dropped_partitions
-        assert count("SELECT count(*) FROM sessions WHERE status IN ('terminated', 'expired')"
-                     " AND terminated_at < %s", NOW - dt.timedelta(days=90)) == 0
+        # One tree just past SESSION_RETENTION_DAYS (no cleaner run since): its leaf, which
+        # the next run deletes, and its root, kept while the leaf exists (leaf-first).
+        past = NOW - dt.timedelta(days=90)
+        terminal = ("SELECT count(*) FROM sessions s WHERE status IN ('terminated', 'expired')"
+                    " AND terminated_at < %s AND terminated_at >= %s AND {} (SELECT 1 FROM"
+                    " sessions c WHERE c.parent_id = s.id)")
+        recent = past - gen_authority.PAST_SESSION_WINDOW
+        assert count(terminal.format("NOT EXISTS"), past, recent) == 1
+        assert count(terminal.format("EXISTS"), past, recent) == 1
+        assert count("SELECT count(*) FROM sessions WHERE terminated_at < %s", recent) == 0
         assert count("SELECT count(*) FROM delegation_edges WHERE status IN ('revoked',"
                      " 'expired') AND COALESCE(revoked_at, expires_at) < %s",
                      NOW - dt.timedelta(days=90)) == 0

@@ -41,6 +41,9 @@ class Evaluation:
     findings: list[Finding] = dataclasses.field(default_factory=list)
     warnings: list[Finding] = dataclasses.field(default_factory=list)
     observed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Why the control does not exist in this release (``not applicable: ...``); None when
+    #: it was evaluated. A check skips with this reason, never passes.
+    not_applicable: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,11 +64,14 @@ class Evaluation:
 
     def evidence(self) -> dict[str, Any]:
         """Observations, violations and warnings as one JSON-ready document."""
-        return {
+        doc: dict[str, Any] = {
             "observed": self.observed,
             "violations": [dataclasses.asdict(f) for f in self.findings],
             "warnings": [dataclasses.asdict(f) for f in self.warnings],
         }
+        if self.not_applicable is not None:
+            doc["not applicable"] = self.not_applicable
+        return doc
 
 
 def summarize(findings: Sequence[Finding], limit: int = 8) -> str:
@@ -148,16 +154,21 @@ def settings_from(
     outbox_statuses: Sequence[str],
     delegation_child_guard: bool,
     audit_retention_override_days: int | None = None,
+    session_retention_days: int | None = None,
 ) -> RetentionSettings:
     """Settings from the suite's options (the source's env values) and the release's defaults.
 
     ``audit_retention_override_days``: the console override row the restored database holds
     (1.0); the audit window is then the smaller of it and ``AUDIT_RETENTION_DAYS``.
+    ``session_retention_days``: SESSION_RETENTION_DAYS the source ran with; used only when the
+    release has that control (its defaults name it), else the window stays None.
     """
     release = dict(defaults)
     effective_audit_days = (audit_retention_days if audit_retention_override_days is None
                             else min(audit_retention_override_days, audit_retention_days))
     session_days = release.get("SESSION_RETENTION_DAYS")
+    if session_days is not None and session_retention_days is not None:
+        session_days = session_retention_days
     for name in ("TTL_SWEEP_INTERVAL_MS", "SWEEPER_BATCH_SIZE",
                  "SERVICE_LEASE_SWEEP_INTERVAL_MS"):
         if name not in release:

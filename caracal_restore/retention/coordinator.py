@@ -1,18 +1,22 @@
-"""Coordinator data: DELEGATION_RETENTION_DAYS, OUTBOX_RETENTION_DAYS and the sweepers
-(FACTS-2026.06 §6, FACTS-1.0 §12.2, §20 R2).
+"""Coordinator data: DELEGATION_RETENTION_DAYS, SESSION_RETENTION_DAYS, OUTBOX_RETENTION_DAYS,
+idempotency receipts and the sweepers (FACTS-2026.06 §6, FACTS-1.0 §12.2, §20 R2).
 
 The Coordinator's retention cleaner runs every RETENTION_CLEANUP_INTERVAL_MS and deletes at
 most RETENTION_CLEANUP_BATCH_SIZE rows per statement: terminal delegation edges whose
-``COALESCE(revoked_at, expires_at, updated_at, created_at)`` is older than the window (2026.06
-has no active-child guard), and Coordinator outbox rows in a terminal status whose
-``updated_at`` is older than the outbox window (2026.06 deletes dead rows too). Its first step
-expires active edges past ``expires_at``; the TTL sweeper terminates task agents past their
-TTL and the lease sweeper suspends service agents past their heartbeat deadline.
+``COALESCE(revoked_at, expires_at, updated_at, created_at)`` is older than the window (1.0
+keeps those an active unexpired child edge points at; 2026.06 has no such guard), Coordinator
+outbox rows in a status the release deletes whose ``updated_at`` is older than the outbox
+window (1.0: published only, dead and pending rows are kept; 2026.06 deletes dead rows too),
+and at 1.0 also terminal Sessions older than SESSION_RETENTION_DAYS that have no child
+Session (leaf-first) and idempotency receipts past ``expires_at``. Its first step expires
+active edges past ``expires_at``; the TTL sweeper terminates task agents past their TTL and
+the lease sweeper suspends service agents past their heartbeat deadline.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -52,27 +56,20 @@ def terminal_edges(
     window = settings.delegation_retention
     rows = conn.execute(_edge_query(settings),
                         {"before": clock.at - window, "at": clock.at}).fetchall()
-    since = {str(r[0]): r[3] + window for r in rows}
-    violations, left, recent = band_rule(since, at=clock.at, interval=settings.cleanup_interval,
-                                         batch=settings.cleanup_batch)
-    by_id = {str(r[0]): r for r in rows}
-    result = Evaluation(observed={
+
+    def describe(row: Any) -> str:
+        edge_id, zone, status, key = row
+        return (f"delegation edge {edge_id} (zone {zone}, {status}) retained since {iso(key)}, "
+                f"{(clock.at - key).days} days before the backup: older than "
+                f"DELEGATION_RETENTION_DAYS={window.days} plus one cleanup interval "
+                f"({settings.cleanup_interval}) and one batch ({settings.cleanup_batch})")
+
+    return _banded(rows, lambda r: r[3] + window, clock, settings, describe,
+                   kind="edge_beyond_window", observed={
         "predicate": "status IN ('revoked','expired') AND COALESCE(revoked_at, expires_at, "
                      "updated_at, created_at) < backup time − DELEGATION_RETENTION_DAYS"
                      + (" AND no active unexpired child edge" if settings.delegation_child_guard
-                        else " (no active-child guard in this release)"),
-        "eligible at backup time": len(rows),
-        "tolerated: not swept yet (eligible within one cleanup interval)": _ids(recent),
-        "tolerated: left for the next run (within one batch)": _ids(left),
-    })
-    for edge_id in violations:
-        _id, zone, status, key = by_id[edge_id]
-        result.add("edge_beyond_window", edge_id,
-                   f"delegation edge {edge_id} (zone {zone}, {status}) retained since "
-                   f"{iso(key)}, {(clock.at - key).days} days before the backup: older than "
-                   f"DELEGATION_RETENTION_DAYS={window.days} plus one cleanup interval "
-                   f"({settings.cleanup_interval}) and one batch ({settings.cleanup_batch})")
-    return result
+                        else " (no active-child guard in this release)")})
 
 
 def _outbox_query() -> sql.Composed:
@@ -89,29 +86,133 @@ def terminal_outbox(
     window = settings.outbox_retention
     rows = conn.execute(_outbox_query(), {"statuses": list(settings.outbox_statuses),
                                           "before": clock.at - window}).fetchall()
-    since = {str(r[0]): r[3] + window for r in rows}
-    violations, left, recent = band_rule(since, at=clock.at, interval=settings.cleanup_interval,
-                                         batch=settings.cleanup_batch)
-    by_id = {str(r[0]): r for r in rows}
-    result = Evaluation(observed={
+
+    def describe(row: Any) -> str:
+        row_id, topic, status, updated = row
+        return (f"caracal_outbox row {row_id} ({status}, topic {topic}) last updated "
+                f"{iso(updated)}, {(clock.at - updated).days} days before the backup: older "
+                f"than OUTBOX_RETENTION_DAYS={window.days} plus one cleanup interval and one "
+                "batch")
+
+    return _banded(rows, lambda r: r[3] + window, clock, settings, describe,
+                   kind="outbox_beyond_window", observed={
         "predicate": f"producer = 'coordinator' AND status IN {tuple(settings.outbox_statuses)} "
-                     "AND updated_at < backup time − OUTBOX_RETENTION_DAYS",
-        "eligible at backup time": len(rows),
-        "tolerated: not swept yet (eligible within one cleanup interval)": _ids(recent),
-        "tolerated: left for the next run (within one batch)": _ids(left),
+                     "AND updated_at < backup time − OUTBOX_RETENTION_DAYS (other statuses are "
+                     "kept by this release's cleaner)"})
+
+
+#: Sessions nest at most this deep (``MAX_DEPTH`` of the 1.0 Coordinator's agents route; a
+#: child deeper than it is refused). The cleaner deletes Sessions leaf-first, one level of a
+#: tree per run, so a Session that is childless now may have waited one run for each level of
+#: descendants it had: at most ``SESSION_MAX_DEPTH - depth`` runs.
+SESSION_MAX_DEPTH = 10
+
+
+def _session_query(table: str, *, with_child: bool) -> sql.Composed:
+    """Terminal Sessions ended before ``before``: the childless ones, or those with a child."""
+    child = sql.SQL("EXISTS" if with_child else "NOT EXISTS")
+    return sql.SQL(
+        "SELECT s.id, s.zone_id, s.status, s.terminated_at, s.depth FROM {t} s"
+        " WHERE s.status IN ('terminated', 'expired') AND s.terminated_at < %(before)s"
+        " AND {child} (SELECT 1 FROM {t} c WHERE c.parent_id = s.id)"
+        " ORDER BY s.terminated_at, s.id"
+    ).format(t=sql.Identifier(table), child=child)
+
+
+def session_window(settings: RetentionSettings, retention_days: int) -> dt.timedelta | None:
+    """SESSION_RETENTION_DAYS as the source ran with it; None when the release has no such
+    control (its defaults do not name it: 2026.06 never deletes agent sessions)."""
+    if settings.session_retention is None:
+        return None
+    return dt.timedelta(days=retention_days)
+
+
+def terminal_sessions(
+    conn: psycopg.Connection[Any], clock: BackupClock, settings: RetentionSettings, *,
+    table: str, release: str, retention_days: int,
+) -> Evaluation:
+    """RC-CRD-4: no childless terminal Session older than SESSION_RETENTION_DAYS (+ slack).
+
+    A terminated or expired Session whose ``terminated_at`` is older than the window is
+    deleted once it has no child Session at all; one with a child is kept (leaf-first). Slack:
+    one cleanup interval per level of descendants the Session may have had (at most
+    ``SESSION_MAX_DEPTH - depth``: each run peels one level) plus the usual interval and batch.
+    """
+    window = session_window(settings, retention_days)
+    if window is None:
+        return Evaluation(not_applicable=(
+            f"not applicable: release {release} has no SESSION_RETENTION_DAYS: its Coordinator "
+            "never deletes agent sessions (FACTS-2026.06 §6)"))
+    interval = settings.cleanup_interval
+    params = {"before": clock.at - window}
+    rows = conn.execute(_session_query(table, with_child=False), params).fetchall()
+    kept = conn.execute(_session_query(table, with_child=True), params).fetchall()
+
+    def peel(depth: int | None) -> dt.timedelta:
+        return max(0, SESSION_MAX_DEPTH - (depth or 0)) * interval
+
+    def describe(row: Any) -> str:
+        session_id, zone, status, ended, depth = row
+        return (f"{table} row {session_id} (zone {zone}, {status}, depth {depth}, no child "
+                f"session) ended {iso(ended)}, {(clock.at - ended).days} days before the "
+                f"backup: older than SESSION_RETENTION_DAYS={window.days} plus the leaf-first "
+                f"slack ({peel(depth)}), one cleanup interval ({interval}) and one batch "
+                f"({settings.cleanup_batch})")
+
+    return _banded(rows, lambda r: r[3] + window + peel(r[4]), clock, settings, describe,
+                   kind="session_beyond_window", observed={
+        "table": table,
+        "SESSION_RETENTION_DAYS": window.days,
+        "predicate": "status IN ('terminated','expired') AND terminated_at < backup time − "
+                     "SESSION_RETENTION_DAYS AND no child session (parent_id) at all",
+        "slack": f"one cleanup interval ({interval}) per level of descendants the session may "
+                 f"have had (at most {SESSION_MAX_DEPTH} − depth: leaf-first, one level per "
+                 "run), then one interval and one batch",
+        "kept: older than the window but with a child session (leaf-first)": _ids(
+            [str(r[0]) for r in kept]),
     })
-    for row_id in violations:
-        _id, topic, status, updated = by_id[row_id]
-        result.add("outbox_beyond_window", row_id,
-                   f"caracal_outbox row {row_id} ({status}, topic {topic}) last updated "
-                   f"{iso(updated)}, {(clock.at - updated).days} days before the backup: older "
-                   f"than OUTBOX_RETENTION_DAYS={window.days} plus one cleanup interval and one "
-                   "batch")
-    return result
+
+
+def _receipt_query(table: str) -> sql.Composed:
+    return sql.SQL(
+        "SELECT id, operation, zone_id, expires_at FROM {t} WHERE expires_at <= %(at)s"
+        " ORDER BY expires_at, id"
+    ).format(t=sql.Identifier(table))
+
+
+def expired_receipts(
+    conn: psycopg.Connection[Any], clock: BackupClock, settings: RetentionSettings, *,
+    table: str, release: str,
+) -> Evaluation:
+    """RC-CRD-5: no idempotency receipt past its ``expires_at`` (+ one interval, one batch).
+
+    ``table`` is the release's receipts table ('' when it has none: not applicable).
+    """
+    if not table:
+        return Evaluation(not_applicable=(
+            f"not applicable: release {release} has no coordinator_idempotency_receipts table "
+            "(agent spawn idempotency is a column of agent_sessions, FACTS-2026.06 §2.6)"))
+    rows = conn.execute(_receipt_query(table), {"at": clock.at}).fetchall()
+    total = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(
+        t=sql.Identifier(table))).fetchone()
+
+    def describe(row: Any) -> str:
+        receipt_id, operation, zone, expires = row
+        return (f"{table} row {receipt_id} (zone {zone}, {operation}) expired {iso(expires)}, "
+                f"{_ago(clock.at - expires)} before the backup: the cleaner deletes receipts "
+                f"at expires_at; allowed one cleanup interval ({settings.cleanup_interval}) "
+                f"and one batch ({settings.cleanup_batch})")
+
+    return _banded(rows, lambda r: r[3], clock, settings, describe,
+                   kind="receipt_beyond_expiry", observed={
+        "table": table, "receipts": total[0] if total else 0,
+        "predicate": "expires_at <= backup time"})
 
 
 def expected_deletions(
-    conn: psycopg.Connection[Any], restore_time: dt.datetime | None, settings: RetentionSettings
+    conn: psycopg.Connection[Any], restore_time: dt.datetime | None, settings: RetentionSettings,
+    *, session_table: str = "", session_retention: dt.timedelta | None = None,
+    receipt_table: str = "",
 ) -> dict[str, Any]:
     """What the Coordinator's first cleaner run after start deletes, at the restore-time clock.
 
@@ -129,7 +230,7 @@ def expected_deletions(
     expiring = conn.execute(
         sql.SQL("SELECT id FROM {t} WHERE status = 'active' AND expires_at < %s ORDER BY id"
                 ).format(t=sql.Identifier(EDGES)), (restore_time,)).fetchall()
-    return {
+    out: dict[str, Any] = {
         "clock": iso(restore_time),
         "delegation_edges deleted": {"count": len(edges),
                                      "ids": [str(r[0]) for r in edges[:200]]},
@@ -137,9 +238,21 @@ def expected_deletions(
                                         "ids": [str(r[0]) for r in outbox[:200]]},
         "active edges expired by the first step": {"count": len(expiring),
                                                    "ids": [str(r[0]) for r in expiring[:200]]},
-        "runs needed at the batch size": max(
-            -(-len(edges) // settings.cleanup_batch), -(-len(outbox) // settings.cleanup_batch)),
     }
+    counts = [len(edges), len(outbox)]
+    if session_table and session_retention is not None:
+        sessions = conn.execute(_session_query(session_table, with_child=False),
+                                {"before": restore_time - session_retention}).fetchall()
+        out[f"{session_table} rows deleted (first level, leaf-first)"] = {
+            "count": len(sessions), "ids": [str(r[0]) for r in sessions[:200]]}
+        counts.append(len(sessions))
+    if receipt_table:
+        receipts = conn.execute(_receipt_query(receipt_table), {"at": restore_time}).fetchall()
+        out[f"{receipt_table} rows deleted"] = {"count": len(receipts),
+                                                "ids": [str(r[0]) for r in receipts[:200]]}
+        counts.append(len(receipts))
+    out["runs needed at the batch size"] = max(-(-n // settings.cleanup_batch) for n in counts)
+    return out
 
 
 def sweepers_kept_pace(
@@ -187,6 +300,30 @@ def sweepers_kept_pace(
             result.add("sweeper_behind", row_id,
                        f"{sweeper}: {what} — {row_id} was due {iso(due[row_id])}, "
                        f"{_ago(at - due[row_id])} before the backup (interval {interval})")
+    return result
+
+
+def _banded(
+    rows: Sequence[Any], eligible_since: Callable[[Any], dt.datetime], clock: BackupClock,
+    settings: RetentionSettings, describe: Callable[[Any], str], *, kind: str,
+    observed: dict[str, Any],
+) -> Evaluation:
+    """Judge rows (id first) the batched retention cleaner deletes once they are eligible.
+
+    ``band_rule`` with one cleanup interval and one batch of slack; the observations gain the
+    count and the tolerated rows, and each violation is described in the auditor's words.
+    """
+    since = {str(r[0]): eligible_since(r) for r in rows}
+    violations, left, recent = band_rule(since, at=clock.at, interval=settings.cleanup_interval,
+                                         batch=settings.cleanup_batch)
+    result = Evaluation(observed=observed | {
+        "eligible at backup time": len(rows),
+        "tolerated: not swept yet (eligible within one cleanup interval)": _ids(recent),
+        "tolerated: left for the next run (within one batch)": _ids(left),
+    })
+    by_id = {str(r[0]): r for r in rows}
+    for row_id in violations:
+        result.add(kind, row_id, describe(by_id[row_id]))
     return result
 
 

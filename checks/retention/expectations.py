@@ -63,10 +63,16 @@ CONTROLS: tuple[RetentionControl, ...] = (
     RetentionControl("RC-CRD-1", COORDINATOR, "DELEGATION_RETENTION_DAYS", "verified",
                      Severity.NORMAL, "No terminal delegation edge older than the window."),
     RetentionControl("RC-CRD-2", COORDINATOR, "OUTBOX_RETENTION_DAYS", "verified",
-                     Severity.NORMAL, "No published or dead Coordinator outbox row older "
-                     "than the window."),
+                     Severity.NORMAL, "No Coordinator outbox row the release deletes "
+                     "(published; 2026.06 also dead) older than the window."),
     RetentionControl("RC-CRD-3", COORDINATOR, "sweeper intervals", "verified", Severity.NORMAL,
                      "The expire, TTL and lease sweepers kept pace with their intervals."),
+    RetentionControl("RC-CRD-4", COORDINATOR, "SESSION_RETENTION_DAYS", "verified",
+                     Severity.NORMAL, "No terminal Session without a child Session older than "
+                     "the window (release 1.0)."),
+    RetentionControl("RC-CRD-5", COORDINATOR, "idempotency receipts", "verified",
+                     Severity.NORMAL, "No Coordinator idempotency receipt kept past its "
+                     "expiry (release 1.0)."),
     RetentionControl("RC-RDS-1", STREAMS, "provisioner intended max lengths", "verified",
                      Severity.MINOR, "Each bounded stream is a stream; over-bound lengths are "
                      "flagged as the provisioner does."),

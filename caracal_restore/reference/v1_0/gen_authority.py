@@ -17,6 +17,10 @@ them the way 1.0 stores them (FACTS-1.0 §2.6, §9.1, §12.2–12.3, §18):
 - Recent Coordinator creates carry idempotency receipts: ``key_digest`` =
   HMAC-SHA256(IDEMPOTENCY_HMAC_KEY, ``caracal:coordinator:idempotency:v1\\0`` ‖ key),
   ``request_digest`` = SHA-256 of the canonical JSON request, expiry 7 days after.
+- Sessions retention (§12.2 step 3): every terminal Session is inside SESSION_RETENTION_DAYS
+  except one tree in the first zone, a root and its child terminated together just past the
+  window: the cleaner has not run since, and it deletes leaf-first, so the root is kept while
+  its child exists.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ from caracal_restore.reference.gen_common import OUTBOX_RETENTION, Context, Zone
 
 RETENTION = dict(PROFILE.retention_defaults)
 IDEMPOTENCY_RETENTION = dt.timedelta(seconds=RETENTION["IDEMPOTENCY_RETENTION_SECONDS"])
+SESSION_RETENTION = dt.timedelta(days=RETENTION["SESSION_RETENTION_DAYS"])
+#: How long before ``now`` the retained tree crossed SESSION_RETENTION_DAYS (less than one
+#: RETENTION_CLEANUP_INTERVAL_MS: no cleaner run since).
+PAST_SESSION_WINDOW = dt.timedelta(minutes=10)
 REAPER_PERIOD = dt.timedelta(seconds=300)
 #: How long after the Coordinator published a revocation STS applied it.
 STS_APPLY_DELAY = dt.timedelta(milliseconds=40)
@@ -85,7 +93,9 @@ def convert(ctx: Context, idempotency_key: bytes) -> list[Receipt]:
     for row in ctx.rows["step_up_challenges"]:
         row["subject_anchor"] = row["session_id"]
         row["consumed_authority_record_id"] = row["session_id"] if row["consumed_at"] else None
-    return _receipts(ctx, idempotency_key)
+    receipts = _receipts(ctx, idempotency_key)
+    _session_tree_past_the_window(ctx)
+    return receipts
 
 
 # ------------------------------------------------------------------- authority records
@@ -264,6 +274,54 @@ def _lifecycle_outbox(ctx: Context) -> None:
             "event": "spawn", "zone_id": session["zone_id"], "parent_id": session["parent_id"],
             "application_id": session["application_id"], "agent_session_id": session["id"],
         }, published=True)
+
+
+def _session_tree_past_the_window(ctx: Context) -> None:
+    """A root Session and its child, terminated together just past SESSION_RETENTION_DAYS.
+
+    The root was ended by hand (``requested``) and took its child along
+    (``parent_terminated``, same ``terminated_at``: the subtree is terminated in one
+    statement, which leaves the root's ``child_count`` as it was). Both crossed the window
+    ``PAST_SESSION_WINDOW`` ago and no cleaner run has happened since: the child is a leaf
+    the next run deletes, the root is kept while its child exists (leaf-first). Their subject
+    is an application's authority record, long expired (the API reaper marked it), so no
+    revocation follows the termination. Built last, so the other rows keep their ids.
+    """
+    zone = ctx.zones[0]
+    ended = ctx.now - SESSION_RETENTION - PAST_SESSION_WINDOW
+    started = ended - dt.timedelta(minutes=30)
+    if not zone.managed_apps or started - dt.timedelta(minutes=1) < zone.created_at + (
+            dt.timedelta(hours=1)):
+        return  # a zone younger than the window cannot hold such a tree
+    app = zone.managed_apps[-1]  # not the canary's, when the zone has another
+    minted = started - dt.timedelta(minutes=1)
+    record = {
+        "id": ctx.id_at(minted), "zone_id": zone.id, "session_type": "application",
+        "subject_id": app, "parent_id": None, "status": "expired",
+        "expires_at": minted + dt.timedelta(hours=1), "authenticated_at": minted,
+        "claims_json": compact({"client_id": app, "sub_type": "application", "use": "session",
+                                "scope": ""}),
+        "created_at": minted, "revoked_at": None, "revoked_reason": None,
+    }
+    ctx.rows["authority_records"].append(record)
+    root_id = ctx.id_at(started)
+    child_started = started + dt.timedelta(minutes=5)
+    child_id = ctx.id_at(child_started)
+    for sid, parent, depth, at, reason in (
+            (root_id, None, 0, started, "requested"),
+            (child_id, root_id, 1, child_started, "parent_terminated")):
+        ctx.rows["sessions"].append({
+            "id": sid, "zone_id": zone.id, "application_id": app, "parent_id": parent,
+            "subject_authority_record_id": record["id"], "status": "terminated",
+            "depth": depth, "labels": ["planner"], "max_children": 10,
+            "child_count": 1 if parent is None else 0, "started_at": at,
+            "last_active_at": ended, "terminated_at": ended, "ttl_seconds": 3600,
+            "metadata_json": compact({"purpose": "reference", "retention": "leaf-first"}),
+            "updated_at": ended, "lifecycle": "task", "last_heartbeat_at": None,
+            "heartbeat_deadline_at": None, "termination_reason": reason,
+            "lease_generation": 0,
+        })
+    ctx.rows["agent_topology"].append({"parent_id": root_id, "child_id": child_id})
 
 
 # ------------------------------------------------------------------- idempotency receipts
