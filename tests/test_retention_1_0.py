@@ -156,11 +156,12 @@ def _revoke_long_ago(conn: Any, edge_id: str, at: dt.datetime) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """One injection and the checks (clause -> phrase of the message) it must fail."""
+    """One injection (or setting) and the checks (clause -> phrase of the message) it must fail."""
 
     id: str
     inject: Inject = dataclasses.field(repr=False)
     fails: Mapping[str, str]
+    args: tuple[str, ...] = ()
 
 
 SCENARIOS = (
@@ -174,6 +175,11 @@ SCENARIOS = (
     Scenario("RC-CRD-2-published-outbox-row-kept", published_outbox_row_kept,
              {"RC-CRD-2": "(published, topic"}),
     Scenario("guards-rows-the-cleaner-keeps", rows_the_cleaner_keeps, {}),
+    # The source ran with a 1-day window: the clean data's older terminal Sessions are then
+    # violations (the setting reaches the check).
+    Scenario("RC-CRD-4-source-ran-with-one-day", nothing,
+             {"RC-CRD-4": "older than SESSION_RETENTION_DAYS=1 plus"},
+             args=("--session-retention-days=1",)),
 )
 
 
@@ -202,7 +208,7 @@ def _scenario(run: PreparedRun, scenario: Scenario, at: dt.datetime) -> Result:
         with clone_run(run) as clone:
             scenario.inject(clone, at)
             state_file = clone.state.write(out / "state.json")
-            proc = run_checks([f"--run-state={state_file}", *SELECT], out)
+            proc = run_checks([f"--run-state={state_file}", *SELECT, *scenario.args], out)
             result = _read_results(out / "allure")
     finally:
         shutil.rmtree(out, ignore_errors=True)
