@@ -177,14 +177,21 @@ def test_css1_envelope_names_a_foreign_kek_by_its_key_id() -> None:
                                aad="caracal/other")[0] == "aead"
     assert kek_diag.open_value(kek, CSS1_COLUMN, CSS1_ENVELOPE[:50], None, fmt="css1",
                                aad="x")[0] == "layout"
-    results = [kek_diag.OpenResult("golden", "r1", "z1", "foreign-kek", "x", "8547798a706fba72"),
-               kek_diag.OpenResult("golden", "r2", "z1", "opened", "", "1111111111111111"),
-               kek_diag.OpenResult("golden", "r3", "", "aead", "value rejected", "11")]
-    findings = kek_diag._classify_opens(results, {"restored_kek_id": "1111111111111111"},
-                                        "secretStoreKek")
+    foreign = kek_diag.OpenResult("golden", "r1", "z1", "foreign-kek", "x", "8547798a706fba72")
+    damaged = kek_diag.OpenResult("golden", "r3", "", "aead", "value rejected", "11")
+    observed = {"restored_kek_id": "1111111111111111", "restored_previous_kek_id": None}
+    # No envelope under the restored key: SECRET_STORE_KEK itself is wrong.
+    findings = kek_diag._classify_css1([foreign, damaged], dict(observed), "SECRET_STORE_KEK",
+                                       "SECRET_STORE_KEK_PREVIOUS")
     assert [f.cause for f in findings] == ["kek-mismatch", "sealed-rows-corrupt"]
     assert "1 under kekId 8547798a706fba72" in findings[0].detail
-    assert "restored secretStoreKek (kekId 1111111111111111)" in findings[0].detail
+    assert "restored SECRET_STORE_KEK (kekId 1111111111111111)" in findings[0].detail
+    # The restored key seals others: the foreign envelope predates a rotation (_PREVIOUS).
+    opened = kek_diag.OpenResult("golden", "r2", "z1", "opened", "", "1111111111111111")
+    findings = kek_diag._classify_css1([foreign, opened, damaged], dict(observed),
+                                       "SECRET_STORE_KEK", "SECRET_STORE_KEK_PREVIOUS")
+    assert [f.cause for f in findings] == ["kek-previous-mismatch", "sealed-rows-corrupt"]
+    assert "the restored SECRET_STORE_KEK_PREVIOUS is absent" in findings[0].detail
 
 
 def _result(zone: str, row: str, outcome: str) -> kek_diag.OpenResult:
@@ -391,9 +398,9 @@ def test_checks_carry_one_control_each_and_the_page_rows() -> None:
         cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
         env={k: v for k, v in os.environ.items() if not k.startswith("CARACAL_RESTORE_")})
     ids = [line for line in out.stdout.splitlines() if "::" in line]
-    assert len(ids) == 17, out.stdout + out.stderr
+    assert len(ids) == 21, out.stdout + out.stderr
     source = "".join(p.read_text() for p in (REPO / "checks" / "symptoms").glob("test_*.py"))
-    for control in ("SY-1.a", "SY-1.b", "SY-1.c", "SY-1.d", "SY-2.a", "SY-2.b", "SY-3.a",
-                    "SY-3.b", "SY-3.c", "SY-3.d", "SY-3.e", "SY-4.a", "SY-4.b", "SY-4.c",
-                    "SY-4.d"):
+    for control in ("SY-1.a", "SY-1.b", "SY-1.c", "SY-1.d", "SY-2.a", "SY-2.b", "SY-2.c",
+                    "SY-3.a", "SY-3.b", "SY-3.c", "SY-3.d", "SY-3.e", "SY-3.f", "SY-3.g",
+                    "SY-3.h", "SY-4.a", "SY-4.b", "SY-4.c", "SY-4.d"):
         assert source.count(f'@control("{control}"') == 1, control

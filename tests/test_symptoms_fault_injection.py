@@ -24,12 +24,6 @@ import psycopg
 import pytest
 import redis as redis_lib
 
-from caracal_restore.chainhash import (
-    AUDIT_HASH_SELECT,
-    chain_hmac,
-    content_hash_parts,
-    parse_hmac_key,
-)
 from caracal_restore.diagnose import (
     SYMPTOM_CHAIN,
     SYMPTOM_KEK,
@@ -43,47 +37,42 @@ from caracal_restore.diagnose import revocation as revocation_diag
 from caracal_restore.diagnose import routing as routing_diag
 from caracal_restore.diagnose._common import http_client
 from caracal_restore.envelope import parse_kek
-from caracal_restore.parquet_export import ArchiveIndex, read_archive
 from caracal_restore.profiles.release_2026_06 import PROFILE
 from caracal_restore.redact import REDACTOR
 from caracal_restore.runstate import RunState
 from fixtures.diagnostics import sealed_columns
-from tests.harness import ClonedRun, PreparedRun, clone_run, prepared_run, run_checks_on
+from tests.harness import ClonedRun, clone_run, prepared_run, run_checks_on
+from tests.symptom_faults import (
+    REVOKE,
+    STS_GROUP,
+    Env,
+    clean,
+    delete_audit_row,
+    delete_marker,
+    drop_oldest_partition,
+    duplicate_chain_seq,
+    edit_decision,
+    env_of,
+    in_flight,
+    one,
+    secrets_of,
+    truncate_head,
+    unrevoke_edge,
+    wrong_hmac_key,
+)
 
 pytestmark = pytest.mark.slow
 
-REVOKE = "caracal.sessions.revoke"
-STS_GROUP = "sts-revocation"
-
-
-@dataclasses.dataclass
-class Env:
-    """The module's run and what every diagnosis compares with."""
-
-    run: PreparedRun
-    fingerprint: dict[str, Any]
-    archive: ArchiveIndex
-    canary_kids: tuple[str, ...]
+#: "The other zone": the one with the most signing keys that is not the canary's.
+ZONE_SQL = ("SELECT z.id FROM zones z WHERE z.id <> %s ORDER BY (SELECT count(*) FROM secrets s"
+            " WHERE s.zone_id = z.id) DESC, z.id LIMIT 1")
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     """One clean run (reference source, encrypted bundle, restore, reference services)."""
     with prepared_run(audit_events=1500) as run:
-        root = Path(run.state.bundle.root) if run.state.bundle else None
-        assert root is not None
-        fingerprint = json.loads((root / "fingerprint.json").read_text())["databases"]["caracal"]
-        assert run.state.archive_bucket
-        archive = read_archive(run.stack.objects.bucket(run.state.archive_bucket))
-        canary = run.state.canary
-        assert canary is not None
-        yield Env(run, fingerprint, archive, canary.signing_key_ids)
-
-
-def secrets_of(clone: ClonedRun) -> dict[str, str]:
-    """Every secret of the clone's store."""
-    store = clone.secrets()
-    return {name: store.read(name) for name in store.names()}
+        yield env_of(run, ZONE_SQL)
 
 
 def diagnose_all(clone: ClonedRun, env: Env,
@@ -123,10 +112,7 @@ def assert_only(diagnoses: Mapping[str, Diagnosis], symptom: str | None,
 # ------------------------------------------------------------------------- injections
 
 
-def _one(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
-    row = conn.execute(query, args).fetchone()
-    assert row is not None, query
-    return row[0] if len(row) == 1 else row
+_one = one
 
 
 def _zones(conn: psycopg.Connection[Any]) -> list[str]:
@@ -137,9 +123,7 @@ def _zones(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 def _other_zone(conn: psycopg.Connection[Any], env: Env) -> str:
-    canary = env.run.state.canary
-    assert canary is not None
-    return next(z for z in _zones(conn) if z != canary.zone_id)
+    return env.other_zone(conn)
 
 
 def wrong_kek(clone: ClonedRun, env: Env) -> None:
@@ -157,75 +141,6 @@ def corrupt_sealed_row(clone: ClonedRun, env: Env) -> None:
 def delete_zone_signing_keys(clone: ClonedRun, env: Env) -> None:
     with clone.connect() as conn:
         conn.execute("DELETE FROM secrets WHERE zone_id = %s", (_other_zone(conn, env),))
-
-
-def _mid(conn: psycopg.Connection[Any], env: Env) -> tuple[str, int]:
-    zone = _other_zone(conn, env)
-    low, high = _one(conn, "SELECT min(chain_seq), max(chain_seq) FROM audit_events"
-                           " WHERE zone_id = %s", zone)
-    return zone, (low + high) // 2
-
-
-def delete_audit_row(clone: ClonedRun, env: Env) -> None:
-    with clone.connect() as conn:
-        zone, seq = _mid(conn, env)
-        conn.execute("DELETE FROM audit_events WHERE zone_id = %s AND chain_seq = %s",
-                     (zone, seq))
-
-
-def edit_decision(clone: ClonedRun, env: Env) -> None:
-    with clone.connect() as conn:
-        zone, seq = _mid(conn, env)
-        conn.execute("UPDATE audit_events SET decision = CASE WHEN decision = 'allow'"
-                     " THEN 'deny' ELSE 'allow' END WHERE zone_id = %s AND chain_seq = %s",
-                     (zone, seq))
-
-
-def wrong_hmac_key(clone: ClonedRun, env: Env) -> None:
-    clone.secrets().write("auditHmacKey", os.urandom(32).hex())
-
-
-def truncate_head(clone: ClonedRun, env: Env) -> None:
-    with clone.connect() as conn:
-        zone = _other_zone(conn, env)
-        conn.execute("DELETE FROM audit_events WHERE zone_id = %s AND chain_seq >"
-                     " (SELECT max(chain_seq) - 25 FROM audit_events WHERE zone_id = %s)",
-                     (zone, zone))
-
-
-def drop_oldest_partition(clone: ClonedRun, env: Env) -> None:
-    with clone.connect() as conn:
-        name = _one(conn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c"
-                          " ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_events'::regclass"
-                          " AND c.relname <> 'audit_events_default'"
-                          " AND EXISTS (SELECT 1 FROM audit_events a WHERE a.tableoid = c.oid)"
-                          " ORDER BY c.relname LIMIT 1")
-        conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(name)))
-
-
-def duplicate_chain_seq(clone: ClonedRun, env: Env) -> None:
-    """A forked chain: a second, validly hashed and signed event takes an existing chain_seq."""
-    key = parse_hmac_key(secrets_of(clone)["auditHmacKey"])
-    with clone.connect() as conn:
-        zone, seq = _mid(conn, env)
-        assert (zone, seq) in env.archive.rows  # the exported row differs from the fork too
-        # A copy with a new id (and occurred_at), then its own correct hash and HMAC.
-        conn.execute("CREATE TEMP TABLE forked AS SELECT * FROM audit_events"
-                     " WHERE zone_id = %s AND chain_seq = %s", (zone, seq))
-        conn.execute("UPDATE forked SET id = 'forked-' || id,"
-                     " occurred_at = occurred_at + interval '1 millisecond'")
-        conn.execute("INSERT INTO audit_events SELECT * FROM forked")
-        row = conn.execute(f"SELECT {AUDIT_HASH_SELECT}, COALESCE(prev_content_sha256, '')"
-                           " FROM audit_events WHERE id LIKE 'forked-%%'").fetchone()
-        assert row is not None
-        content = content_hash_parts(list(row[:12]), row[12])
-        conn.execute("UPDATE audit_events SET content_sha256 = %s, chain_hmac = %s"
-                     " WHERE id LIKE 'forked-%%'", (content, chain_hmac(key, content, row[13])))
-
-
-def delete_marker(clone: ClonedRun, env: Env) -> None:
-    with clone.connect() as conn:
-        conn.execute("DELETE FROM audit_chain_rehash")
 
 
 def delete_binding(clone: ClonedRun, env: Env) -> None:
@@ -274,17 +189,6 @@ def reactivate_stopped_agent(clone: ClonedRun, env: Env) -> None:
         agent = sorted(env.fingerprint["revoked"]["agents"])[0]
         conn.execute("UPDATE agent_sessions SET status = 'active', terminated_at = NULL"
                      " WHERE id = %s", (agent,))
-
-
-def unrevoke_edge(clone: ClonedRun, env: Env) -> None:
-    with clone.connect() as conn:
-        edge = sorted(env.fingerprint["revoked"]["edges"])[0]
-        conn.execute("UPDATE delegation_edges SET status = 'active', revoked_at = NULL"
-                     " WHERE id = %s", (edge,))
-
-
-def clean(clone: ClonedRun, env: Env) -> None:
-    """No defect."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,38 +315,8 @@ def test_stale_revision_is_not_reported_for_a_missing_row(env: Env) -> None:
 
 def _in_flight(clone: ClonedRun, env: Env, position: str | tuple[str, ...]
                ) -> tuple[str, str, dict[str, Any]]:
-    """Make the source's state 'revocation published, STS not yet applied' for one session.
-
-    Picks a session whose every published revocation entry is ``position`` for
-    sts-revocation in the copy's Redis, makes it active again (and unexpired), and returns it
-    with its entry id and a fingerprint in which the source had not revoked it yet.
-    """
-    wanted = (position,) if isinstance(position, str) else position
-    assert clone.redis_url is not None
-    client = redis_lib.Redis.from_url(clone.redis_url)
-    try:
-        where = revocation_diag.entry_positions(client)
-        entries = {f["outbox_id"]: i for i, f in revocation_diag.stream_entries(client, REVOKE)
-                   if "outbox_id" in f}
-    finally:
-        client.close()
-    with clone.connect() as conn:
-        rows = conn.execute(
-            "SELECT id::text, payload_json->>'session_id' FROM caracal_outbox"
-            " WHERE topic = %s AND status = 'published' AND payload_json ? 'session_id'"
-            " UNION ALL SELECT id::text, payload_json->>'session_id' FROM event_outbox"
-            " WHERE stream_name = %s AND dispatched_at IS NOT NULL", (REVOKE, REVOKE)).fetchall()
-        by_session: dict[str, list[str]] = {}
-        for outbox_id, sid in rows:
-            by_session.setdefault(sid, []).append(outbox_id)
-        sid, outbox_ids = next(
-            (s, ids) for s, ids in sorted(by_session.items())
-            if all(where.get(i) in wanted for i in ids) and len(ids) == 1)
-        conn.execute("UPDATE sessions SET status = 'active', expires_at = now() + interval"
-                     " '2 hours' WHERE id = %s", (sid,))
-    fingerprint = json.loads(json.dumps(env.fingerprint))
-    fingerprint["revoked"]["sessions"].remove(sid)
-    return sid, entries[outbox_ids[0]], fingerprint
+    """The source's state 'revocation published, STS not yet applied' for one session."""
+    return in_flight(clone, env, position)
 
 
 def test_revocation_still_owed_in_redis_is_not_a_finding(env: Env) -> None:
@@ -633,16 +507,25 @@ def _names(outcomes: Mapping[str, Any], status: str) -> set[str]:
 
 
 SYMPTOM_CHECKS = "symptoms"
+#: Release 1.0's routing checks (resources, providers, retired binding tables).
+RESOURCE_CHECKS = {"test_resources_are_restored_as_routed",
+                   "test_routed_resources_have_live_providers",
+                   "test_retired_binding_tables_are_absent"}
 
 
 def test_checks_pass_on_the_clean_restore_with_services(env: Env, tmp_path: Path) -> None:
-    """The real checks, online ones included, pass on the clean restore; SY-4.d is not run."""
+    """The real checks, online ones included, pass on the clean restore; SY-4.d is not run,
+    the 1.0 resource-routing checks do not apply."""
     outcomes = run_checks_on(env.run.state, "-k", SYMPTOM_CHECKS, workdir=env.run.workdir)
     skipped = _names(outcomes, "skipped")
-    assert skipped == {"test_replayed_revocations_hold_on_the_live_copy"}, outcomes
+    assert skipped == {"test_replayed_revocations_hold_on_the_live_copy"} | RESOURCE_CHECKS, (
+        outcomes)
     assert "not requested" in outcomes["test_replayed_revocations_hold_on_the_live_copy"].message
+    for name in RESOURCE_CHECKS:
+        assert "not applicable" in outcomes[name].message, outcomes[name]
     passed = _names(outcomes, "passed")
-    assert len(passed) == 16, outcomes
+    assert len(passed) == 17, outcomes
+    assert "test_admin_audit_chain_verifies" in passed
     assert {o.status for o in outcomes.values()} == {"passed", "skipped"}
 
 
@@ -667,7 +550,8 @@ WIRING = (
 #: Offline checks none of the WIRING defects concerns: they must pass beside them.
 UNCONCERNED = {"test_bindings_point_at_live_resources_and_applications",
                "test_binding_revision_is_restored_and_current",
-               "test_no_revocation_is_lost_with_redis"}
+               "test_no_revocation_is_lost_with_redis",
+               "test_admin_audit_chain_verifies"}
 
 
 def test_checks_fail_with_the_cause_in_their_message(env: Env) -> None:
@@ -684,7 +568,8 @@ def test_checks_fail_with_the_cause_in_their_message(env: Env) -> None:
         assert words in outcomes[check].message, outcomes[check].message
     for outcome in outcomes.values():
         if outcome.status == "skipped":
-            assert "not evaluated" in outcome.message or "not requested" in outcome.message
+            assert any(w in outcome.message for w in ("not evaluated", "not requested",
+                                                      "not applicable")), outcome.message
     assert _names(outcomes, "passed") == UNCONCERNED, outcomes
 
 

@@ -55,6 +55,11 @@ _CAUSES: tuple[Cause, ...] = (
     Cause("kek-mismatch", SYMPTOM_KEK, "ZONE_KEK does not match the database secrets",
           "ZONE_KEK does not match the database secrets",
           "restore the zoneKek secret that was backed up with this database"),
+    Cause("kek-previous-mismatch", SYMPTOM_KEK,
+          "SECRET_STORE_KEK_PREVIOUS does not match the envelopes sealed before a KEK rotation",
+          "ZONE_KEK does not match the database secrets",
+          "restore SECRET_STORE_KEK_PREVIOUS as it was backed up with this database (or finish "
+          "the rotation on the source before backing up)"),
     Cause("kek-unusable", SYMPTOM_KEK, "the restored ZONE_KEK secret is missing or malformed",
           "ZONE_KEK does not match the database secrets",
           "restore the zoneKek secret (64 lowercase hex characters)"),
@@ -84,6 +89,18 @@ _CAUSES: tuple[Cause, ...] = (
           "the restored copy was written to after the restore; verify a pristine copy"),
     Cause("chain-other", SYMPTOM_CHAIN, "another chain defect the verifier named", NOT_ON_PAGE,
           "read the verifier's finding"),
+    # Audit chain verification fails: the admin audit chain (admin_audit_events)
+    Cause("admin-chain-missing-rows", SYMPTOM_CHAIN, "missing admin audit rows",
+          "Missing audit rows", "restore admin_audit_events completely"),
+    Cause("admin-chain-wrong-hmac-key", SYMPTOM_CHAIN,
+          "wrong AUDIT_HMAC_KEY (admin audit chain)", "wrong AUDIT_HMAC_KEY",
+          "restore the auditHmacKey secret that signed the admin audit rows"),
+    Cause("admin-chain-partial-restore", SYMPTOM_CHAIN, "partial restore (admin audit chain)",
+          "partial restore", "restore the whole backup: admin audit rows stop short of the "
+          "source's"),
+    Cause("admin-chain-tampered", SYMPTOM_CHAIN,
+          "admin audit rows were edited or duplicated after they were written", NOT_ON_PAGE,
+          "treat as tampering: compare with the source"),
     # Gateway cannot route
     Cause("binding-missing", SYMPTOM_ROUTING, "missing gateway binding rows",
           "Missing gateway binding rows",
@@ -101,6 +118,24 @@ _CAUSES: tuple[Cause, ...] = (
     Cause("revision-differs", SYMPTOM_ROUTING,
           "the binding revision differs from the source's", "stale binding revision",
           "restore gateway_binding_revision as backed up"),
+    # Gateway cannot route, at 1.0 (no bindings: routing comes from resources, FACTS-1.0 §8)
+    Cause("resource-missing", SYMPTOM_ROUTING,
+          "resources rows are missing (1.0 routes from resources: no upstream for them)",
+          "Missing gateway binding rows",
+          "restore the resources table completely (a dump taken in one snapshot)"),
+    Cause("resource-route-changed", SYMPTOM_ROUTING,
+          "resources restored without their upstream URL, or with other routing columns than "
+          "the source", "Missing gateway binding rows",
+          "restore resources as backed up (upstream_url, credential_provider_id, scopes, "
+          "operations)"),
+    Cause("provider-missing", SYMPTOM_ROUTING,
+          "a routed resource's credential provider is missing or archived (STS denies the "
+          "exchange: provider_unavailable)", "Missing gateway binding rows",
+          "restore the providers rows the resources name"),
+    Cause("retired-binding-table", SYMPTOM_ROUTING,
+          "retired gateway binding tables exist (a pre-1.0 dump restored into 1.0: verify.sh "
+          "fails)", NOT_ON_PAGE,
+          "restore a 1.0 backup, or migrate the old data; 1.0 routes from resources"),
     # Revocation state is incomplete
     Cause("revocation-postgres", SYMPTOM_REVOCATION,
           "Postgres revocation/session state was not restored",

@@ -17,14 +17,19 @@ Online (``probe_jwks``, ``probe_canary_exchange``): the STS's JWKS per zone and 
 exchange; ``500 signing key decryption failed`` and ``500 token issuance failed`` map to this
 symptom, and a key id the restored database never held means STS minted a new key.
 
-Release 1.0 (``SECRET_STORE_KEK``, CSS1 envelopes with a key id and a location AAD, FACTS-1.0
-§7) is handled by the same code with ``fmt="css1"``: there the envelope's kekId names a KEK
-mismatch directly, per envelope; the locations come from the release profile.
+Release 1.0 (``SECRET_STORE_KEK`` + optional ``SECRET_STORE_KEK_PREVIOUS``, CSS1 envelopes with
+a key id and a location AAD, FACTS-1.0 §7) is handled by the same code with ``fmt="css1"``:
+every envelope's kekId is compared with the restored keyring's first, so a mismatch names the
+key it is about — SECRET_STORE_KEK when no envelope is under it, SECRET_STORE_KEK_PREVIOUS when
+the current key seals the others (a rotation window restored without its retiring key) — and
+only an envelope under a restored kekId that still does not open is a damaged row. The
+locations come from the release profile.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -234,6 +239,21 @@ def verification_set(rows: Sequence[SigningKeyRow], now: dt.datetime) -> list[st
     return [rows[0].kid]
 
 
+def keyring(secrets: Mapping[str, str], kek_secret: str, previous_secret: str = "") -> list[bytes]:
+    """The restored keyring from a secret store's values: the KEK, then the retiring KEK when
+    the release has one (``previous_secret``) and the store holds it.
+
+    ``EnvelopeError`` for an unusable current key; an unusable retiring key is left out (the
+    offline diagnosis names it).
+    """
+    ring = [envelope.parse_kek(secrets.get(kek_secret, ""))]
+    previous = secrets.get(previous_secret) if previous_secret else None
+    if previous:
+        with contextlib.suppress(envelope.EnvelopeError):
+            ring.append(envelope.parse_kek(previous))
+    return ring
+
+
 # ------------------------------------------------------------------------------- offline
 
 
@@ -247,12 +267,18 @@ def diagnose_offline(
     kek_secret: str = "zoneKek",
     columns: Sequence[SealedColumn] = SEALED_2026_06,
     fmt: str = "zone-chacha20",
+    kek_env: str = "ZONE_KEK",
+    previous_hex: str | None = None,
+    previous_env: str = "",
 ) -> Diagnosis:
     """Open every sealed value with the restored KEK and look for missing signing keys.
 
     ``fingerprint`` is the source database's (None: internal consistency only);
     ``expected_kids`` are signing key ids known to exist in the source (the canary's inputs);
-    ``columns``/``fmt`` are the release's sealed locations and envelope format.
+    ``columns``/``fmt`` are the release's sealed locations and envelope format. CSS1 (1.0):
+    ``previous_hex`` is the restored retiring key (``previous_env``,
+    SECRET_STORE_KEK_PREVIOUS), and every envelope's kekId is compared with the keyring's
+    before anything is opened, so a mismatch names the key it is about.
     """
     findings: list[Finding] = []
     notes: list[str] = []
@@ -261,18 +287,30 @@ def diagnose_offline(
     if kek_hex is None:
         findings.append(Finding("kek-unusable", f"secret {kek_secret}",
                                 "absent from the restored secret store: STS refuses to start "
-                                "(ZONE_KEK is required)"))
+                                f"({kek_env} is required)"))
     else:
         try:
             kek = envelope.parse_kek(kek_hex)
         except envelope.EnvelopeError as exc:
             findings.append(Finding("kek-unusable", f"secret {kek_secret}",
-                                    f"not a usable ZONE_KEK ({exc})"))
+                                    f"not a usable {kek_env} ({exc})"))
+    previous: bytes | None = None
+    if previous_hex is not None and fmt == "css1":
+        try:
+            previous = envelope.parse_kek(previous_hex)
+        except envelope.EnvelopeError as exc:
+            findings.append(Finding("kek-unusable", f"secret {previous_env}",
+                                    f"not a usable {previous_env} ({exc})"))
     if kek is not None:
-        results = open_all(conn, kek, columns, fmt=fmt)
+        ring = [kek] + ([previous] if previous is not None else [])
+        results = open_all(conn, ring, columns, fmt=fmt)
         if fmt == "css1":
             observed["restored_kek_id"] = envelope.kek_id(kek).hex()
-        findings += _classify_opens(results, observed, kek_secret)
+            observed["restored_previous_kek_id"] = (envelope.kek_id(previous).hex()
+                                                    if previous is not None else None)
+            findings += _classify_css1(results, observed, kek_env, previous_env)
+        else:
+            findings += _classify_opens(results, observed, kek_secret)
     else:
         notes.append("sealed values not opened: no usable KEK")
     keys = signing_keys(conn)
@@ -282,13 +320,8 @@ def diagnose_offline(
     return Diagnosis(SYMPTOM_KEK, tuple(findings), observed, tuple(notes))
 
 
-def _classify_opens(results: list[OpenResult], observed: dict[str, Any],
-                    kek_secret: str = "zoneKek") -> list[Finding]:
-    """All fail: the KEK is wrong. Some fail: those rows are damaged.
-
-    A CSS1 envelope names its KEK: one sealed under another kekId is a KEK mismatch whatever
-    the others do.
-    """
+def _observe_opens(results: list[OpenResult], observed: dict[str, Any]) -> list[OpenResult]:
+    """Record values and failures per location; return the failures."""
     failed = [r for r in results if not r.ok]
     per_location = collections.Counter(r.location for r in results)
     observed["sealed_values"] = {
@@ -296,21 +329,15 @@ def _classify_opens(results: list[OpenResult], observed: dict[str, Any],
         for loc, n in per_location.items()
     }
     observed["failed_opens"] = [dataclasses.asdict(r) for r in failed]
+    return failed
+
+
+def _classify_opens(results: list[OpenResult], observed: dict[str, Any],
+                    kek_secret: str = "zoneKek") -> list[Finding]:
+    """All fail: the KEK is wrong. Some fail: those rows are damaged (2026.06: no key id)."""
+    failed = _observe_opens(results, observed)
     if not failed:
         return []
-    foreign = [r for r in failed if r.outcome == "foreign-kek"]
-    if foreign:
-        by_zone: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        for r in foreign:
-            by_zone[r.zone_id or "(no zone)"][r.kek_id] += 1
-        out = [Finding("kek-mismatch", f"zone {zone}",
-                       "envelopes sealed under another KEK than the restored " + kek_secret
-                       + " (kekId " + observed.get("restored_kek_id", "?") + "): "
-                       + ", ".join(f"{n} under kekId {k}" for k, n in sorted(ids.items())),
-                       zone if zone != "(no zone)" else None)
-               for zone, ids in sorted(by_zone.items())]
-        rest = [r for r in failed if r.outcome != "foreign-kek"]
-        return out + [_corrupt(r, results, failed) for r in rest]
     undecryptable = [r for r in failed if r.outcome == "aead"]
     if len(undecryptable) == len(results):
         zones: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -324,6 +351,43 @@ def _classify_opens(results: list[OpenResult], observed: dict[str, Any],
             for zone, counts in sorted(zones.items())
         ]
     return [_corrupt(r, results, failed) for r in failed]
+
+
+def _classify_css1(results: list[OpenResult], observed: dict[str, Any], kek_env: str,
+                   previous_env: str) -> list[Finding]:
+    """CSS1: kekIds first. An envelope names the KEK that sealed it (FACTS-1.0 §7.2).
+
+    Envelopes whose kekId matches neither restored key are a KEK mismatch: of the current key
+    (``kek_env``) when no envelope at all is under it, else of the retiring key
+    (``previous_env``): the current key is proven by the envelopes it seals, so the others were
+    sealed before a rotation and need SECRET_STORE_KEK_PREVIOUS. An envelope under a restored
+    kekId that still does not open (data key or value rejected, bad layout) is a damaged row.
+    """
+    failed = _observe_opens(results, observed)
+    current = observed.get("restored_kek_id") or ""
+    prior = observed.get("restored_previous_kek_id")
+    observed["envelopes_per_kek_id"] = dict(collections.Counter(r.kek_id for r in results))
+    foreign = [r for r in failed if r.outcome == "foreign-kek"]
+    under_current = sum(1 for r in results if r.kek_id == current)
+    by_zone: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for r in foreign:
+        by_zone[r.zone_id or "(no zone)"][r.kek_id] += 1
+    out = []
+    for zone, ids in sorted(by_zone.items()):
+        seen = ", ".join(f"{n} under kekId {k}" for k, n in sorted(ids.items()))
+        if under_current:
+            cause = "kek-previous-mismatch"
+            detail = (f"envelopes sealed before a rotation: {seen}; the restored {previous_env} "
+                      + (f"has kekId {prior}" if prior else "is absent")
+                      + f" ({kek_env} kekId {current} seals {under_current} other envelopes)")
+        else:
+            cause = "kek-mismatch"
+            detail = (f"envelopes sealed under another KEK than the restored {kek_env} (kekId "
+                      f"{current}" + (f", {previous_env} kekId {prior}" if prior else "")
+                      + f"): {seen}")
+        out.append(Finding(cause, f"zone {zone}", detail, zone if zone != "(no zone)" else None))
+    rest = [r for r in failed if r.outcome != "foreign-kek"]
+    return out + [_corrupt(r, results, failed) for r in rest]
 
 
 def _corrupt(r: OpenResult, results: list[OpenResult], failed: list[OpenResult]) -> Finding:

@@ -35,7 +35,13 @@ from psycopg import sql
 from caracal_restore import fingerprint as fp
 from caracal_restore.diagnose import SYMPTOM_REVOCATION, Diagnosis, Finding
 from caracal_restore.diagnose._common import DiagnosticError, error_of, exists, has_column
-from caracal_restore.diagnose.mandate import ZoneKey, active_key, session_claims, sign
+from caracal_restore.diagnose.mandate import (
+    ZoneKey,
+    active_key,
+    gateway_claims,
+    session_claims,
+    sign,
+)
 
 REVOKE_STREAM = "caracal.sessions.revoke"
 STS_GROUP = "sts-revocation"
@@ -432,24 +438,31 @@ class Anchor:
 
 def lookback_anchors(conn: psycopg.Connection[Any], revoked: Mapping[str, Iterable[str] | None], *,
                      sessions_table: str = "sessions",
-                     agents_table: str = "agent_sessions") -> list[Anchor]:
+                     agents_table: str = "agent_sessions",
+                     agent_statuses: Sequence[str] = ()) -> list[Anchor]:
     """The given revoked ids that fall in the Gateway snapshot's look-back window (§5.3).
 
     Windows use the restored rows' own timestamps: sessions whose ``expires_at``, agents whose
     ``updated_at``, edges whose ``revoked_at`` is within the last 24 h (the ids come from the
     source's fingerprint when there is one, so a session restored as active still counts).
+    ``agent_statuses``: the stopped statuses the release's Gateway snapshot loads (1.0:
+    ``terminated`` only, FACTS-1.0 §9.3); an agent restored in another stopped status is not
+    one the Gateway must refuse, one restored as active still is (the restore lost its stop).
     """
     window = sql.SQL("now() - make_interval(secs => %s)")
+    agent_filter = (sql.SQL(" AND (status = ANY(%s) OR status NOT IN"
+                            " ('suspended', 'terminated', 'expired'))")
+                    if agent_statuses else sql.SQL(""))
     queries = {
         "session": sql.SQL("SELECT id::text, zone_id::text, subject_id, status FROM {t}"
-                           " WHERE id::text = ANY(%s) AND expires_at > {w}").format(
+                           " WHERE id::text = ANY(%s) AND expires_at > {w} ORDER BY id").format(
             t=sql.Identifier(sessions_table), w=window),
         "agent": sql.SQL("SELECT id::text, zone_id::text, NULL, status FROM {t}"
-                         " WHERE id::text = ANY(%s) AND updated_at > {w}").format(
-            t=sql.Identifier(agents_table), w=window),
+                         " WHERE id::text = ANY(%s) AND updated_at > {w}{f} ORDER BY id").format(
+            t=sql.Identifier(agents_table), w=window, f=agent_filter),
         "edge": sql.SQL("SELECT id::text, zone_id::text, NULL, status FROM delegation_edges"
                         " WHERE id::text = ANY(%s) AND revoked_at IS NOT NULL"
-                        " AND revoked_at > {w}").format(w=window),
+                        " AND revoked_at > {w} ORDER BY id").format(w=window),
     }
     kinds = {"session": "sessions", "agent": "agents", "edge": "edges"}
     out: list[Anchor] = []
@@ -457,7 +470,10 @@ def lookback_anchors(conn: psycopg.Connection[Any], revoked: Mapping[str, Iterab
         ids = sorted(revoked.get(kinds[kind]) or [])
         if not ids:
             continue
-        for ident, zone, subject, status in conn.execute(query, (ids, LOOKBACK_SECONDS)):
+        args: tuple[Any, ...] = (ids, LOOKBACK_SECONDS)
+        if kind == "agent" and agent_statuses:
+            args += (list(agent_statuses),)
+        for ident, zone, subject, status in conn.execute(query, args):
             out.append(Anchor(kind, ident, zone, subject, status))
     return out
 
@@ -486,6 +502,24 @@ def _zone_binding(conn: psycopg.Connection[Any], zone: str) -> tuple[str, str] |
     return (str(row[0]), str(row[1])) if row else None
 
 
+def _zone_route(conn: psycopg.Connection[Any], zone: str,
+                control_audience: str) -> tuple[str, str] | None:
+    """1.0: a resource the Gateway routes (``resources.upstream_url``) and a live application.
+
+    The Gateway refuses a revoked anchor before it asks STS for the upstream, so the probe only
+    needs a resource the Gateway would route and a client the mandate can name.
+    """
+    resource = conn.execute(
+        "SELECT identifier FROM resources WHERE zone_id = %s AND archived_at IS NULL"
+        " AND COALESCE(upstream_url, '') <> '' AND identifier <> %s ORDER BY identifier LIMIT 1",
+        (zone, control_audience)).fetchone()
+    app = conn.execute(
+        "SELECT id::text FROM applications WHERE zone_id = %s AND archived_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > now()) ORDER BY id LIMIT 1",
+        (zone,)).fetchone()
+    return (str(resource[0]), str(app[0])) if resource and app else None
+
+
 def _send(client: httpx.Client, gateway_url: str, token: str, resource: str) -> tuple[int, str]:
     reply = client.get(f"{gateway_url.rstrip('/')}/caracal-restore/revocation-probe",
                        headers={"Authorization": f"Bearer {token}",
@@ -494,20 +528,56 @@ def _send(client: httpx.Client, gateway_url: str, token: str, resource: str) -> 
     return error_of(reply)
 
 
+#: Refusals the Gateway itself makes before it asks STS: a control mandate must pass them all.
+GATEWAY_REFUSALS = frozenset({
+    "invalid token", "missing or invalid bearer token", "credential_expired_not_renewable",
+    "token replay detected", "revocation state unavailable", SESSION_REVOKED,
+})
+
+
+def _probe_claims(flow: str, anchor: Anchor | None, *, issuer: str, zone_id: str, app: str,
+                  resource: str) -> dict[str, Any]:
+    """The probe's claims: bound to ``anchor`` (None: the control, bound to nothing revoked).
+
+    ``session-mandate`` (2026.06): a ``use=session`` mandate. ``gateway-mandate`` (1.0): a
+    one-shot ``use=gateway`` mandate with a fresh jti, anchored where the 1.0 Gateway looks
+    (``sid``/``root_sid`` = an authority record, ``agent_session_id`` = a governed Session,
+    ``delegation_edge_id`` = an edge; FACTS-1.0 §8 step 2, §14.4).
+    """
+    extra: dict[str, str] = {}
+    sid, subject = None, None
+    if anchor is not None:
+        if anchor.kind == "session":
+            sid, subject = anchor.id, anchor.subject_id
+        elif anchor.kind == "agent":
+            extra["agent_session_id"] = anchor.id
+        else:
+            extra["delegation_edge_id"] = anchor.id
+    claims = gateway_claims if flow == "gateway-mandate" else session_claims
+    return claims(issuer=issuer, zone_id=zone_id, client_id=app, resource=resource, sid=sid,
+                  subject=subject, extra=extra)
+
+
 def probe_enforcement(
     client: httpx.Client,
     *,
     gateway_url: str,
     issuer: str,
     conn: psycopg.Connection[Any],
-    kek: bytes,
+    kek: bytes | Sequence[bytes],
     anchors: Sequence[Anchor],
     limit: int = 60,
+    flow: str = "session-mandate",
+    fmt: str = "zone-chacha20",
+    control_audience: str = "caracal-control",
 ) -> Diagnosis:
     """Present a mandate bound to each revoked anchor; each must get 401 session revoked.
 
     Per zone a control mandate bound to nothing revoked goes first: it must pass the Gateway's
     signature check and not be refused as revoked, or the probes could not tell anything.
+    ``flow``/``fmt``: the release's canary flow and envelope format (``gateway-mandate`` and
+    ``css1`` at 1.0, where the probe resource comes from ``resources.upstream_url`` and ``kek``
+    is the keyring SECRET_STORE_KEK, SECRET_STORE_KEK_PREVIOUS).
     """
     findings: list[Finding] = []
     notes: list[str] = []
@@ -515,35 +585,28 @@ def probe_enforcement(
     controls: dict[str, Any] = {}
     keys: dict[str, ZoneKey] = {}
     for anchor in list(anchors)[:limit]:
-        binding = _zone_binding(conn, anchor.zone_id)
-        if binding is None:
-            notes.append(f"{anchor.kind} {anchor.id}: zone {anchor.zone_id} has no binding, "
-                         "so no protected request can carry it")
+        route = (_zone_route(conn, anchor.zone_id, control_audience)
+                 if flow == "gateway-mandate" else _zone_binding(conn, anchor.zone_id))
+        if route is None:
+            notes.append(f"{anchor.kind} {anchor.id}: zone {anchor.zone_id} has no "
+                         + ("routed resource and live application" if flow == "gateway-mandate"
+                            else "binding") + ", so no protected request can carry it")
             continue
-        resource, app = binding
+        resource, app = route
         if anchor.zone_id not in keys:
-            keys[anchor.zone_id] = active_key(conn, kek, anchor.zone_id)
-            control = session_claims(issuer=issuer, zone_id=anchor.zone_id, client_id=app,
-                                     resource=resource)
+            keys[anchor.zone_id] = active_key(conn, kek, anchor.zone_id, fmt=fmt)
+            control = _probe_claims(flow, None, issuer=issuer, zone_id=anchor.zone_id, app=app,
+                                    resource=resource)
             status, description = _send(client, gateway_url, sign(keys[anchor.zone_id], control),
                                         resource)
             controls[anchor.zone_id] = {"status": status, "description": description}
-            if (status, description) == (401, SESSION_REVOKED) or description in (
-                    "invalid token", "resource not configured"):
+            if description in GATEWAY_REFUSALS or description == "resource not configured":
                 raise DiagnosticError(
                     f"zone {anchor.zone_id}: a control mandate bound to nothing revoked got "
                     f"{status} {description!r}, so refusals of revoked anchors would prove "
                     "nothing")
-        extra: dict[str, str] = {}
-        sid, subject = None, None
-        if anchor.kind == "session":
-            sid, subject = anchor.id, anchor.subject_id
-        elif anchor.kind == "agent":
-            extra["agent_session_id"] = anchor.id
-        else:
-            extra["delegation_edge_id"] = anchor.id
-        claims = session_claims(issuer=issuer, zone_id=anchor.zone_id, client_id=app,
-                                resource=resource, sid=sid, subject=subject, extra=extra)
+        claims = _probe_claims(flow, anchor, issuer=issuer, zone_id=anchor.zone_id, app=app,
+                               resource=resource)
         status, description = _send(client, gateway_url, sign(keys[anchor.zone_id], claims),
                                     resource)
         probe = EnforcementProbe(anchor.kind, anchor.id, anchor.zone_id, resource, status,

@@ -12,6 +12,14 @@ that cached that revision keeps the old map. Online (``probe_routes``, ``probe_b
 a protected request per resource that must route is not refused with ``403 resource not
 configured``, and ``caracal_gateway_bindings_loaded`` equals the table's row count.
 
+Release 1.0 has no binding tables (FACTS-1.0 §8): the Gateway gets the upstream from STS, which
+builds it from ``resources.upstream_url`` and the resource's credential provider. There
+(``diagnose_resources_offline``) the symptom means resources rows lost (fewer than the source,
+or rows of grants and delegation edges naming a resource that is gone), resources restored
+without their upstream URL or with other routing columns (the table differs from the source's),
+a routed resource whose provider is missing or archived, or the retired binding tables present
+(a pre-1.0 dump restored into 1.0; its verify.sh fails).
+
 The route probe's bearer is an unsigned token carrying only ``zone_id`` and ``exp``: the Gateway
 looks the binding up before it verifies a signature (§7.3 step 4), so the probe tells "no
 binding" (403) from "bound" (any later refusal) without any key, and never reaches an upstream.
@@ -26,9 +34,11 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+from psycopg import sql
 
 from caracal_restore.diagnose import SYMPTOM_ROUTING, Diagnosis, Finding
 from caracal_restore.diagnose._common import (
@@ -181,6 +191,142 @@ def _against_source(found: list[Finding], digests: Mapping[str, Any],
             f"{digests['sha256'][:16]}… vs {source['sha256'][:16]}…) while "
             f"gateway_binding_revision is still {restored_rev}: a Gateway that loaded revision "
             f"{restored_rev} keeps routing with the old map"))
+    return out
+
+
+# ------------------------------------------------------------------ offline, release 1.0
+
+#: Tables that reference a resource by ``resource_id`` (FACTS-1.0 §2.6).
+RESOURCE_REFERENCES = ("delegated_grants", "delegation_edges")
+
+
+def resource_routes(conn: psycopg.Connection[Any],
+                    control_audience: str = CONTROL_AUDIENCE) -> list[dict[str, Any]]:
+    """Every unarchived non-control resource: its upstream URL and its provider's state."""
+    rows = conn.execute(
+        "SELECT r.zone_id::text, r.id::text, r.identifier, r.upstream_url,"
+        " r.credential_provider_id::text, p.id IS NOT NULL, p.archived_at IS NOT NULL,"
+        " p.provider_kind FROM resources r LEFT JOIN providers p"
+        "   ON p.zone_id = r.zone_id AND p.id = r.credential_provider_id"
+        " WHERE r.archived_at IS NULL AND r.identifier <> %s ORDER BY 1, 3",
+        (control_audience,)).fetchall()
+    keys = ("zone_id", "id", "identifier", "upstream_url", "provider_id", "provider_exists",
+            "provider_archived", "provider_kind")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _upstream_problem(url: str | None) -> str:
+    """Why an upstream URL cannot route ('' when it can)."""
+    if not url:
+        return "no upstream_url"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"upstream_url {url!r} is not an http(s) URL with a host"
+    return ""
+
+
+def _dangling_resources(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    """resource ids named by grants or delegation edges that no resources row has."""
+    out: dict[str, list[str]] = {}
+    for table in RESOURCE_REFERENCES:
+        if not exists(conn, table):
+            continue
+        rows = conn.execute(sql.SQL(
+            "SELECT DISTINCT t.resource_id::text FROM {} t WHERE t.resource_id IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM resources r WHERE r.id = t.resource_id)"
+            " ORDER BY 1").format(sql.Identifier(table))).fetchall()
+        for (resource_id,) in rows:
+            out.setdefault(resource_id, []).append(table)
+    return out
+
+
+def diagnose_resources_offline(conn: psycopg.Connection[Any], *,
+                               fingerprint: Mapping[str, Any] | None,
+                               control_audience: str = CONTROL_AUDIENCE) -> Diagnosis:
+    """Release 1.0: resources and providers restored as routed, no retired binding table."""
+    for table in ("resources", "providers"):
+        if not exists(conn, table):
+            raise DiagnosticError(f"table {table} is missing from the restored database; the "
+                                  "release's schema was not restored")
+    findings: list[Finding] = []
+    notes: list[str] = []
+    retired = [t for t in (BINDINGS, REVISION) if exists(conn, t)]
+    for table in retired:
+        findings.append(Finding("retired-binding-table", f"table {table}",
+                                "exists, but release 1.0 retired it (verify.sh fails while it "
+                                "exists): the dump predates 1.0"))
+    wanted = resource_routes(conn, control_audience)
+    unrouted = []
+    for r in wanted:
+        subject = f"zone {r['zone_id']} resource {r['identifier']}"
+        problem = _upstream_problem(r["upstream_url"])
+        if problem and r["upstream_url"]:
+            findings.append(Finding("resource-route-changed", subject,
+                                    f"{problem}: STS cannot build its upstream", r["zone_id"]))
+        elif problem:
+            unrouted.append(r)
+        if not r["upstream_url"]:
+            continue
+        if not r["provider_exists"]:
+            findings.append(Finding("provider-missing", subject,
+                                    f"its credential provider {r['provider_id']} does not exist",
+                                    r["zone_id"]))
+        elif r["provider_archived"]:
+            findings.append(Finding("provider-missing", subject,
+                                    f"its credential provider {r['provider_id']} is archived: "
+                                    "STS denies the exchange (provider_unavailable)",
+                                    r["zone_id"]))
+    dangling = _dangling_resources(conn)
+    for resource_id, tables in sorted(dangling.items()):
+        findings.append(Finding("resource-missing", f"resource {resource_id}",
+                                f"named by {' and '.join(tables)} but has no resources row"))
+    digests = table_digests(conn, ["resources", "providers"])
+    observed: dict[str, Any] = {
+        "routes": [{k: v for k, v in r.items() if k != "provider_exists"} for r in wanted],
+        "without_upstream": [f"{r['zone_id']}/{r['identifier']}" for r in unrouted],
+        "dangling_resource_ids": dangling,
+        "retired_tables_present": retired,
+        "tables": digests,
+    }
+    if not fingerprint:
+        notes.append("no source fingerprint: lost or changed resources rows cannot be told from "
+                     "resources that never routed; checked for internal consistency only")
+        return Diagnosis(SYMPTOM_ROUTING, tuple(findings), observed, tuple(notes))
+    source = {t: fingerprint_table(fingerprint, t) for t in ("resources", "providers")}
+    observed["source"] = source
+    findings += _resources_against_source(findings, digests, source, unrouted)
+    return Diagnosis(SYMPTOM_ROUTING, tuple(findings), observed, tuple(notes))
+
+
+def _resources_against_source(found: list[Finding], digests: Mapping[str, Any],
+                              source: Mapping[str, Mapping[str, Any] | None],
+                              unrouted: list[dict[str, Any]]) -> list[Finding]:
+    """Rows lost, or changed while the count stayed (the routing columns are in the digest)."""
+    out: list[Finding] = []
+    res, now = source.get("resources"), digests["resources"]
+    if res is not None and now["rows"] < res["rows"]:
+        if not any(f.cause == "resource-missing" for f in found):
+            out.append(Finding("resource-missing", "table resources",
+                               f"{res['rows'] - now['rows']} of the source's {res['rows']} rows "
+                               "are missing after restore"))
+    elif res is not None and now["sha256"] != res["sha256"]:
+        if unrouted:
+            out += [Finding("resource-route-changed",
+                            f"zone {r['zone_id']} resource {r['identifier']}",
+                            "restored without an upstream_url while the resources table differs "
+                            "from the source's: STS returns no upstream (403 resource upstream "
+                            "not configured)", r["zone_id"]) for r in unrouted]
+        elif not any(f.cause == "resource-route-changed" for f in found):
+            out.append(Finding("resource-route-changed", "table resources",
+                               f"{now['rows']} rows as in the source, content differs (sha256 "
+                               f"{now['sha256'][:16]}… vs {res['sha256'][:16]}…): an upstream "
+                               "URL, provider or other routing column changed"))
+    prov, now_p = source.get("providers"), digests["providers"]
+    if prov is not None and now_p["rows"] < prov["rows"] and not any(
+            f.cause == "provider-missing" for f in found):
+        out.append(Finding("provider-missing", "table providers",
+                           f"{prov['rows'] - now_p['rows']} of the source's {prov['rows']} rows "
+                           "are missing after restore"))
     return out
 
 

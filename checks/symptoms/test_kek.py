@@ -3,7 +3,9 @@
 Release 2026.06 seals without a key id, so a mismatch shows only as failed opens: every value
 failing names a wrong KEK, some failing names damaged rows. The silent trap — signing-key rows
 that did not survive, so STS mints a new key and every earlier token stops verifying — is its
-own control, offline and online.
+own control, offline and online. Release 1.0 seals CSS1 envelopes that carry their KEK's id:
+there the kekIds are compared with the restored SECRET_STORE_KEK and SECRET_STORE_KEK_PREVIOUS
+before anything is opened, so a mismatch names the key it is about.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from caracal_restore.runstate import CanaryInputs, ServicesInfo
 from fixtures import evidence
 from fixtures.controls import Severity, control
 
-KEK_CAUSES = ("kek-mismatch", "kek-unusable", "sealed-rows-corrupt")
+KEK_CAUSES = ("kek-mismatch", "kek-previous-mismatch", "kek-unusable", "sealed-rows-corrupt")
 
 
 def _sts(services: ServicesInfo) -> str:
@@ -32,8 +34,9 @@ def _sts(services: ServicesInfo) -> str:
 
 @control("SY-1.a", feature=SYMPTOM_KEK, grade="verified", severity=Severity.CRITICAL)
 def test_sealed_values_open_under_the_restored_kek(kek_diagnosis: Diagnosis) -> None:
-    """SY-1.a Every value sealed under ZONE_KEK (signing keys, provider secret configs, provider
-    tokens) opens with the restored zoneKek secret; failures name a wrong KEK or damaged rows."""
+    """SY-1.a Every value sealed under the KEK (ZONE_KEK at 2026.06, SECRET_STORE_KEK and its
+    _PREVIOUS at 1.0: signing keys, provider secrets, tokens) opens with the restored key;
+    failures name the mismatched key or the damaged rows."""
     found = kek_diagnosis.only(*KEK_CAUSES)
     evidence.json("sealed values per location", kek_diagnosis.observed.get("sealed_values", {}))
     evidence.json("values that did not open", kek_diagnosis.observed.get("failed_opens", []))

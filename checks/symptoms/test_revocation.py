@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from caracal_restore.diagnose import SYMPTOM_REVOCATION, Diagnosis
+from caracal_restore.diagnose import kek as kek_diag
 from caracal_restore.diagnose import revocation as revocation_diag
 from caracal_restore.diagnose.remediate import ReplayReport
-from caracal_restore.envelope import parse_kek
 from caracal_restore.errors import EnvironmentNotReady
 from caracal_restore.profiles import Profile
 from caracal_restore.runstate import ServicesInfo
@@ -71,12 +71,16 @@ def test_gateway_refuses_mandates_of_revoked_anchors(
     profile: Profile, lookback_anchors: list[revocation_diag.Anchor],
 ) -> None:
     """SY-4.c A mandate bound to a revoked session, agent or edge the Gateway must know (its 24 h
-    snapshot look-back) is refused with '401 session revoked'."""
+    snapshot look-back) is refused with '401 session revoked' (1.0: one-shot use=gateway
+    mandates, the probe resource routed by resources.upstream_url)."""
     gateway_url, sts_url = _urls(live_services)
     diagnosis = revocation_diag.probe_enforcement(
         service_http, gateway_url=gateway_url, issuer=sts_url,
-        conn=restored_conn, kek=parse_kek(restored_secrets.get(profile.kek_secret, "")),
-        anchors=lookback_anchors)
+        conn=restored_conn,
+        kek=kek_diag.keyring(restored_secrets, profile.kek_secret, profile.kek_previous_env),
+        anchors=lookback_anchors, flow=profile.canary_flow,
+        fmt=profile.kek_format or "zone-chacha20",
+        control_audience=profile.control_audience or "caracal-control")
     evidence.json("probes", diagnosis.observed)
     evidence.text("notes", "\n".join(diagnosis.notes) or "every anchor probed")
     assert diagnosis.observed["probes"], "no anchor could be probed: " + "; ".join(diagnosis.notes)

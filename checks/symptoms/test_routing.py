@@ -2,7 +2,10 @@
 
 Release 2026.06 routes through ``gateway_resource_bindings`` (no foreign keys) and the singleton
 ``gateway_binding_revision``; the Gateway reloads only when the revision differs from the one it
-cached. On a release without bindings every check here is skipped with that reason.
+cached. Release 1.0 has no bindings: its Gateway gets the upstream from STS, built from
+``resources.upstream_url`` and the resource's provider, so there SY-3.f-h check the resources,
+their providers and that the retired binding tables are gone; each family is skipped as not
+applicable on the other release.
 """
 
 from __future__ import annotations
@@ -92,3 +95,43 @@ def test_gateway_loaded_every_binding(bindings_release: Profile, live_services: 
     diagnosis = routing_diag.probe_bindings_loaded(loaded, rows)
     evidence.json("Gateway map vs table", diagnosis.observed)
     assert not diagnosis.present, diagnosis.explain()
+
+
+# ------------------------------------------------------------- release 1.0: from resources
+
+
+@control("SY-3.f", feature=SYMPTOM_ROUTING, grade="verified", severity=Severity.CRITICAL)
+def test_resources_are_restored_as_routed(resource_routing_diagnosis: Diagnosis) -> None:
+    """SY-3.f (1.0) Every resources row of the source is restored, with its upstream URL and
+    routing columns (the Gateway's upstream comes from resources.upstream_url via STS)."""
+    found = resource_routing_diagnosis.only("resource-missing", "resource-route-changed")
+    evidence.json("resources that route", resource_routing_diagnosis.observed["routes"])
+    evidence.json("resources and providers: restored vs source", {
+        "restored": resource_routing_diagnosis.observed["tables"],
+        "source": resource_routing_diagnosis.observed.get("source")})
+    evidence.json("ids named by grants or edges without a resources row",
+                  resource_routing_diagnosis.observed["dangling_resource_ids"])
+    evidence.text("basis", "\n".join(resource_routing_diagnosis.notes)
+                  or "fingerprint of the source")
+    assert any(r["upstream_url"] for r in resource_routing_diagnosis.observed["routes"]) or (
+        found.present), "no unarchived resource has an upstream_url: nothing routes"
+    assert not found.present, found.explain()
+
+
+@control("SY-3.g", feature=SYMPTOM_ROUTING, grade="verified", severity=Severity.CRITICAL)
+def test_routed_resources_have_live_providers(resource_routing_diagnosis: Diagnosis) -> None:
+    """SY-3.g (1.0) Every routed resource's credential provider is restored and not archived
+    (else STS denies the exchange: provider_unavailable)."""
+    found = resource_routing_diagnosis.only("provider-missing")
+    evidence.json("resources and their providers", resource_routing_diagnosis.observed["routes"])
+    assert not found.present, found.explain()
+
+
+@control("SY-3.h", feature=SYMPTOM_ROUTING, grade="verified")
+def test_retired_binding_tables_are_absent(resource_routing_diagnosis: Diagnosis) -> None:
+    """SY-3.h (1.0) The retired gateway_resource_bindings and gateway_binding_revision tables
+    are absent (their presence means a pre-1.0 dump; the release's verify.sh fails)."""
+    found = resource_routing_diagnosis.only("retired-binding-table")
+    evidence.json("retired binding tables present",
+                  resource_routing_diagnosis.observed["retired_tables_present"])
+    assert not found.present, found.explain()
