@@ -54,6 +54,9 @@ class PipelineSpec:
     services: str = "reference"
     sts_url: str | None = None
     gateway_url: str | None = None
+    coordinator_url: str | None = None
+    #: The canary a user named for their bundle (``--canary-*``); a reference run has its own.
+    canary: CanaryInputs | None = None
     seed: int = 1
     audit_events: int = 5000
     zones: int = 3
@@ -133,6 +136,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
                                          "up separately, one file per secret)")
                     bundle_path, identity = spec.bundle, spec.age_identity
                     source_secrets = _read_secrets(spec.bundle_secrets)
+                    canary = spec.canary
         with phases.phase("backup") as ok:
             if ok:
                 client = None
@@ -313,7 +317,8 @@ def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
     if spec.services == "none":
         return ServicesInfo(mode="none")
     if spec.services == "external":
-        return ServicesInfo(mode="external", sts_url=spec.sts_url, gateway_url=spec.gateway_url)
+        return ServicesInfo(mode="external", sts_url=spec.sts_url, gateway_url=spec.gateway_url,
+                            coordinator_url=spec.coordinator_url)
     from caracal_restore.reference.deployment import start_services
 
     start: Any = start_services
