@@ -581,7 +581,8 @@ def canary_exchange(client: httpx.Client, sts_url: str, *, zone_id: str, applica
     if profile.canary_flow == "gateway-mandate" and not coordinator_url:
         raise NotEvaluable(
             f"release {profile.release}'s Gateway takes only use=gateway mandates, minted through "
-            "Coordinator Sessions and a delegation, and the run gives no Coordinator URL")
+            "Coordinator Sessions and a delegation, and the run gives no Coordinator URL "
+            "(--coordinator-url, with --services external)")
     head = chain_head(restored_conn, profile, zone_id)
     restored_kids = tuple(signing_key_ids(restored_conn, profile, zone_id))
     before = tuple(signing_key_ids(live_conn, profile, zone_id))

@@ -120,6 +120,8 @@ def test_real_backup_sh_bundle_gives_the_expected_outcomes(tmp_path: Path) -> No
     for name in NEEDS_CANARY:
         assert outcomes[name].status == "broken", (name, outcomes[name])
         assert "no canary inputs" in outcomes[name].message, (name, outcomes[name])
+        assert "pass --canary-zone-id, --canary-application-id, --canary-client-secret and " \
+            "--canary-resource" in outcomes[name].message, (name, outcomes[name])
     for name in NEEDS_SOURCE:
         assert outcomes[name].status == "skipped", (name, outcomes[name])
         assert _reason(outcomes[name]).startswith(
