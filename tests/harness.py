@@ -167,13 +167,19 @@ def run_checks_on(state: RunState, *args: str, workdir: Path,
          f"--junitxml={workdir / f'junit-{tag}.xml'}", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )
+    outcomes = read_outcomes(results)
+    if not outcomes:
+        raise AssertionError(f"no check ran:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    state_file.unlink()
+    shutil.rmtree(results, ignore_errors=True)
+    return outcomes
+
+
+def read_outcomes(results: Path) -> dict[str, Outcome]:
+    """Each check's outcome in an Allure results directory, by name."""
     outcomes: dict[str, Outcome] = {}
     for path in results.glob("*-result.json"):
         data = json.loads(path.read_text())
         message = data.get("statusDetails", {}).get("message", "") or ""
         outcomes[data["name"]] = Outcome(data["status"], message)
-    if not outcomes:
-        raise AssertionError(f"no check ran:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    state_file.unlink()
-    shutil.rmtree(results, ignore_errors=True)
     return outcomes
