@@ -91,7 +91,7 @@ def _secret(value: str | None) -> str:
     if text != text.strip() or not text.isprintable():
         raise BadCanaryInput("--canary-client-secret has surrounding whitespace or control "
                              "characters (a copied newline?): give the secret exactly")
-    if not secret_forms(text):
+    if text not in secret_forms(text):  # too short to be scrubbed from evidence
         raise BadCanaryInput("--canary-client-secret is too short for the suite to keep it out "
                              "of its evidence; a canary's secret is long and random")
     return text
