@@ -5,7 +5,9 @@ usage error naming what is wrong, and never the secret). Then one reference run'
 secrets are handed to the suite as a user's (``--bundle``, ``--bundle-secrets``, the canary
 named on the command line and its client secret in the environment): the suite restores it,
 starts services on it, and the step-6 checks and SY-1.d pass, with the secret nowhere in what
-the run wrote. A wrong client secret fails the canary exchange check, saying so.
+the run wrote. A wrong client secret fails the canary exchange check, saying so, and named
+signing key ids are honoured. A release 1.0 bundle runs the Coordinator-driven canary from the
+same four settings.
 """
 
 from __future__ import annotations
@@ -181,3 +183,15 @@ def test_named_signing_keys_are_the_reference_for_a_minted_key(run: PreparedRun,
     assert "['kid-the-source-had']" in exchange.message, exchange
     rest = {n: o.status for n, o in outcomes.items() if n != EXCHANGE}
     assert rest == dict.fromkeys(rest, "passed"), outcomes
+
+
+@pytest.mark.slow
+def test_user_bundle_of_release_1_0_runs_the_coordinator_canary(tmp_path: Path) -> None:
+    """Release 1.0: the same four settings suffice; the Coordinator Sessions, the delegation
+    and the use=gateway mint run against the services the suite starts on the restore."""
+    with prepared_run(services="none", audit_events=300, zones=2, encrypt=False,
+                      reference_release="1.0") as run_1_0:
+        outcomes, _ = _run_as_user_bundle(run_1_0, tmp_path,
+                                          secret=_canary(run_1_0).client_secret)
+    assert {n: o.status for n, o in outcomes.items()} == dict.fromkeys(outcomes, "passed"), \
+        outcomes
