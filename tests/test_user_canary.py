@@ -95,6 +95,16 @@ def test_partial_canary_is_a_usage_error_before_anything_is_built(
     assert SECRET not in result.stdout.str() + result.stderr.str()
 
 
+def test_coordinator_url_without_external_services_is_a_usage_error(
+        pytester: pytest.Pytester, plugin_env: dict[str, str]) -> None:
+    """--coordinator-url names a Coordinator the user started: only with --services external."""
+    pytester.makepyfile(test_probe="def test_never_runs():\n    raise AssertionError\n")
+    result = pytester.runpytest_subprocess("-p", "fixtures.options", "-p", "no:cacheprovider",
+                                           "--coordinator-url=http://127.0.0.1:4000")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--coordinator-url are only used with --services external*"])
+
+
 # ------------------------------------------------------------------------------ end to end
 
 
