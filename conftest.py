@@ -2,6 +2,7 @@
 
 pytest_plugins = (
     "fixtures.options",
+    "fixtures.shared",
     "fixtures.controls",
     "fixtures.evidence",
     "fixtures.environment",

@@ -11,6 +11,7 @@ backup.sh (no fingerprint) is read as it is.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
@@ -192,7 +193,9 @@ def take_backup(
             # Redis is read after its AOF copy: like backup.sh, no global cut with Postgres.
             redis_state = redis_stream_state(redis_client) if redis_client is not None else None
             _write_fingerprint(root, stamp, project, dumped, redis_state)
-        with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
+        # gzip as backup.sh's ``tar -czf``; level 1, since the dumps inside are compressed
+        # already (a higher level costs seconds per GB and saves almost nothing).
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
             tar.add(root, arcname=name)
         partial.rename(archive)
     except (OSError, psycopg.Error, redis_lib.RedisError, RuntimeError) as exc:
@@ -249,11 +252,18 @@ def _dump_database(
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         snapshot = str(row[0])
-        fingerprint = dict(hook(db, conn)) if hook is not None else None
+        # pg_dump reads the snapshot while the fingerprint is taken in it (the transaction that
+        # exported it stays open until both are done): two readers of one state, side by side.
         # PGDATABASE carries the name: pg_dump would parse a name holding '=' as a conninfo.
-        run_tool([tools.path("pg_dump"), "--format=custom", f"--snapshot={snapshot}",
-                  f"--file={dest_dir / f'{db}.dump'}"],
-                 env=endpoint.libpq_env(), what=f"pg_dump of {endpoint.where}")
+        with concurrent.futures.ThreadPoolExecutor(1, "pg-dump") as pool:
+            dump = pool.submit(run_tool, [tools.path("pg_dump"), "--format=custom",
+                                          f"--snapshot={snapshot}",
+                                          f"--file={dest_dir / f'{db}.dump'}"],
+                               env=endpoint.libpq_env(), what=f"pg_dump of {endpoint.where}")
+            try:
+                fingerprint = dict(hook(db, conn)) if hook is not None else None
+            finally:
+                dump.result()
         conn.rollback()
     return snapshot, fingerprint
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hmac
+import json
 import re
-from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -108,6 +108,9 @@ class ArchiveRow:
     key: str
 
 
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(ArchiveRow))
+
+
 @dataclasses.dataclass(frozen=True)
 class ArchiveObject:
     """One object of the archive: where it is, which hour it names, and what it holds."""
@@ -133,6 +136,9 @@ class ArchiveIndex:
     rows: dict[tuple[str, int], ArchiveRow] = dataclasses.field(default_factory=dict)
     #: (zone_id, chain_seq) found more than once, with every object key that holds it.
     duplicates: dict[tuple[str, int], list[str]] = dataclasses.field(default_factory=dict)
+    #: The second and later copies of those positions (``rows`` holds the first).
+    duplicate_rows: list[tuple[tuple[str, int], ArchiveRow]] = dataclasses.field(
+        default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -150,7 +156,52 @@ class ArchiveIndex:
         out: dict[str, set[str]] = {o.key: set() for o in self.objects}
         for row in self.rows.values():
             out.setdefault(row.key, set()).add(row.event_id)
+        for _ident, row in self.duplicate_rows:
+            out.setdefault(row.key, set()).add(row.event_id)
         return out
+
+    def save(self, folder: Path) -> None:
+        """Write the index to ``folder`` (Arrow IPC rows + JSON), for ``load`` in another
+        process: the archive is read once per run, not once per check process."""
+        folder.mkdir(parents=True, exist_ok=True)
+        pairs = list(self.rows.items()) + self.duplicate_rows
+        table = pa.table({
+            "zone_id": [z for (z, _), _r in pairs],
+            "chain_seq": pa.array([q for (_, q), _r in pairs], pa.int64()),
+            **{name: [getattr(r, name) for _i, r in pairs] for name in _ROW_FIELDS},
+        })
+        with pa.OSFile(str(folder / "rows.arrow"), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=65536)
+        meta = {
+            "rows": len(self.rows),
+            "objects": [[o.key, o.hour.isoformat() if o.hour else None, o.size, o.versions,
+                         o.rows, [list(c) for c in o.schema]] for o in self.objects],
+            "problems": self.problems,
+        }
+        (folder / "index.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> ArchiveIndex:
+        """An index written by ``save`` (duplicates are found again while loading)."""
+        meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        index = cls(problems=list(meta["problems"]))
+        for key, hour, size, versions, rows, schema in meta["objects"]:
+            index.objects.append(ArchiveObject(
+                key, dt.datetime.fromisoformat(hour) if hour else None, int(size),
+                int(versions), int(rows), tuple((str(a), str(b)) for a, b in schema)))
+        with pa.memory_map(str(folder / "rows.arrow")) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                zones, seqs = (batch.column(n).to_pylist() for n in ("zone_id", "chain_seq"))
+                fields = [batch.column(n).to_pylist() for n in _ROW_FIELDS]
+                for zone, seq, *values in zip(zones, seqs, *fields, strict=True):
+                    _add(index, (zone, seq), ArchiveRow(*values))
+        if len(index.rows) != int(meta["rows"]):
+            raise ValueError(f"{folder}: {len(index.rows)} positions loaded, "
+                             f"{meta['rows']} saved")
+        return index
 
     def zones(self) -> dict[str, list[int]]:
         """Sorted chain_seq values per zone."""
@@ -192,34 +243,23 @@ def _read_object(
     if missing:
         index.problems.append(f"{key}: missing columns {missing}")
         return schema, parquet.metadata.num_rows
-    count = 0
-    for batch in parquet.iter_batches(columns=list(_READ), batch_size=4096):
-        for values in _rows(batch):
-            count += 1
-            _add_row(index, key, values)
-    return schema, count
+    table = parquet.read(columns=list(_READ))
+    columns = [table.column(name).to_pylist() for name in _READ]
+    for zone, seq, event_id, content, mac, time_ms, decision, event_type, request_id in zip(
+            *columns, strict=True):
+        _add(index, (str(zone), int(seq)), ArchiveRow(
+            event_id=event_id or "", content_sha256=content or "", chain_hmac=mac or "",
+            time_ms=int(time_ms), decision=decision or "", event_type=event_type or "",
+            request_id=request_id or "", key=key))
+    return schema, table.num_rows
 
 
-def _rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
-    columns = {name: batch.column(name).to_pylist() for name in _READ}
-    for i in range(batch.num_rows):
-        yield {name: columns[name][i] for name in _READ}
-
-
-def _add_row(index: ArchiveIndex, key: str, v: dict[str, Any]) -> None:
-    ident = (str(v["zone_id"]), int(v["chain_seq"]))
-    row = ArchiveRow(
-        event_id=v["event_id"] or "",
-        content_sha256=v["content_sha256"] or "",
-        chain_hmac=v["chain_hmac"] or "",
-        time_ms=int(v["time"]),
-        decision=v["decision"] or "",
-        event_type=v["event_type"] or "",
-        request_id=v["request_id"] or "",
-        key=key,
-    )
-    if ident in index.rows:
-        index.duplicates.setdefault(ident, [index.rows[ident].key]).append(key)
+def _add(index: ArchiveIndex, ident: tuple[str, int], row: ArchiveRow) -> None:
+    """One exported row into the index (a second copy of a position is a duplicate)."""
+    held = index.rows.get(ident)
+    if held is not None:
+        index.duplicates.setdefault(ident, [held.key]).append(row.key)
+        index.duplicate_rows.append((ident, row))
         return
     index.rows[ident] = row
 

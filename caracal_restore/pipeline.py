@@ -31,6 +31,7 @@ from caracal_restore.errors import SuiteError
 from caracal_restore.profiles.registry import detect_release
 from caracal_restore.redact import REDACTOR
 from caracal_restore.restore import RestoredEnvironment, restore_bundle
+from caracal_restore.retention import prefetch
 from caracal_restore.runstate import BundleInfo, CanaryInputs, RunState, ServicesInfo
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 ARCHIVE_BUCKET = "caracal-audit-archive"
 BACKUP_BUCKET = "caracal-backups"
 PHASES = ("source", "backup", "restore", "release", "services")
+#: How long the end of the pipeline waits for the background reading of the archive (the
+#: checks read the archive themselves when it is not complete by then).
+ARCHIVE_READ_TIMEOUT = 1800.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +114,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
         live_source: PgEndpoint | None = None  # the reference source, read only by the checks
         opened: bundles.Bundle | None = None
         restored: RestoredEnvironment | None = None
+        archive_reading: prefetch.Prefetch | None = None
         release = spec.release
         services = ServicesInfo(mode=spec.services)
         basis = "internal consistency"
@@ -117,7 +122,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
         with phases.phase("source") as ok:
             if ok:
                 if spec.source == "reference":
-                    deployment, bundle_path, identity = _reference_backup(spec, stack, work, exits)
+                    deployment, bundle_path, identity, archive_reading = _reference_backup(
+                        spec, stack, work, exits)
                     source_secrets = dict(deployment.secrets)
                     archive_bucket = deployment.archive_bucket
                     live_source = deployment.owner_db
@@ -166,6 +172,9 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
                 assert opened is not None
                 services = _services(spec, stack, opened, restored, source_secrets, work, exits,
                                      release=release)
+        archive_cache = None
+        if archive_reading is not None and archive_reading.wait(timeout=ARCHIVE_READ_TIMEOUT):
+            archive_cache = str(archive_reading.folder)
         yield RunState(
             release=release,
             source_kind=spec.source,
@@ -180,6 +189,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             restore_notes=restored.notes if restored else (),
             restored_at=restored.restored_at.isoformat() if restored else None,
             archive_bucket=archive_bucket,
+            archive_cache=archive_cache,
             canary=canary,
             services=services,
             live_source_db=live_source,
@@ -189,7 +199,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
 
 
 def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
-                      exits: contextlib.ExitStack) -> tuple[Any, str, Path | None]:
+                      exits: contextlib.ExitStack
+                      ) -> tuple[Any, str, Path | None, prefetch.Prefetch]:
     """Build the reference source, back it up (encrypted unless told otherwise), upload it."""
     from caracal_restore.reference.deployment import build_reference
     from caracal_restore.reference.generator import Volume
@@ -213,6 +224,10 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
         archive=archive, seed=spec.seed, volume=volume, workdir=spec.workdir, keep=spec.keep,
         pg_bindir=spec.pg_bindir, cache_dir=spec.cache_dir, redis_binary=spec.redis_binary,
     ))
+    # The archive is complete once the source is built: read it while the backup and restore
+    # run (the checks load this one reading; without it they read the archive themselves).
+    archive_reading = prefetch.start(stack.objects, archive_name, work / "archive")
+    exits.callback(archive_reading.stop)
     _keep_services_alive(deployment.owner_db, agents_table)
     out = work / "backups"
     out.mkdir()
@@ -237,7 +252,7 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
             recipients = [recipient]
         archive_path = bundles.encrypt_file(archive_path, recipients)
     if stack.objects.provider == "dir":
-        return deployment, str(archive_path), identity
+        return deployment, str(archive_path), identity, archive_reading
     # One backup bucket per run: a bundle of another run with the same stamp can never be
     # fetched in its place (put is If-None-Match, and a refusal is an error here).
     backups = f"{BACKUP_BUCKET}-{run_id}"
@@ -245,7 +260,7 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
     key = archive_path.name
     if not store.put(key, archive_path.read_bytes(), if_none_match=True):
         raise SuiteError(f"s3://{backups}/{key} already exists; bundles are never overwritten")
-    return deployment, f"s3://{backups}/{key}", identity
+    return deployment, f"s3://{backups}/{key}", identity, archive_reading
 
 
 def reference_release(spec: PipelineSpec) -> str:

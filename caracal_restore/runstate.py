@@ -85,6 +85,9 @@ class RunState:
     #: Where the source's audit exports live when the user named it (``--archive``): an
     #: ``s3://`` bucket on the run's object store, or a directory.
     archive_location: str | None = None
+    #: A complete reading of ``archive_bucket`` the run made in the background
+    #: (``retention.prefetch``): the check processes load it instead of reading the archive.
+    archive_cache: str | None = None
     reference: dict[str, Any] | None = None
     #: Phase name -> why it failed; checks depending on it are reported broken with this text.
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -123,6 +126,7 @@ class RunState:
             if data["live_source_redis"] else None,
             reference=data["reference"],
             archive_location=data.get("archive_location"),
+            archive_cache=data.get("archive_cache"),
             errors=data["errors"],
         )
 

@@ -17,7 +17,6 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from caracal_restore import fingerprint as fp
-from caracal_restore.parquet_export import WATERMARK_NAME, object_key
+from caracal_restore.parquet_export import WATERMARK_NAME, ArchiveIndex, object_key
 from caracal_restore.replay_files import ReplayEvent, parse_replay_dir
 from caracal_restore.waiting import WaitTimeout, until
 
@@ -484,29 +483,15 @@ def rows_by_export_hour(conn: Conn) -> tuple[dt.datetime | None, dict[dt.datetim
     return watermark, by_hour
 
 
-def archived_event_ids(store: Any, keys: Sequence[str], *, workers: int = 8
-                       ) -> dict[str, set[str]]:
-    """The ``event_id`` column of each object (read in parallel; objects are independent)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def read(key: str) -> tuple[str, set[str]]:
-        table = pq.read_table(pa.BufferReader(store.get(key)), columns=["event_id"])
-        return key, {str(v) for v in table.column("event_id").to_pylist()}
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(pool.map(read, keys))
-
-
 def export_coverage(watermark: dt.datetime | None, by_hour: Mapping[dt.datetime, set[str]],
-                    store: Any) -> ExportCoverage:
+                    archive: ArchiveIndex) -> ExportCoverage:
     """Every hour with rows through the watermark has its object, and the object holds them."""
-    listed = {info.key for info in store.list("audit/")}
+    listed = {o.key for o in archive.objects}
     if watermark is None:
         return ExportCoverage(None, 0, 0, len(listed), 0, (), ())
     keys = {hour: object_key(hour) for hour in by_hour}
-    present = sorted(k for k in keys.values() if k in listed)
-    contents = archived_event_ids(store, present)
+    present = {k for k in keys.values() if k in listed}
+    contents = {k: ids for k, ids in archive.event_ids_by_key().items() if k in present}
     missing, incomplete = [], []
     for hour in sorted(by_hour):
         key = keys[hour]

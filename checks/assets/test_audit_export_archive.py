@@ -16,7 +16,7 @@ import pytest
 from caracal_restore.environments.objectstore import ObjectStore
 from caracal_restore.inspect import assets as inspect_assets
 from caracal_restore.inspect.tables import shorten
-from caracal_restore.parquet_export import WATERMARK_NAME
+from caracal_restore.parquet_export import WATERMARK_NAME, ArchiveIndex
 from checks.assets.expectations import EXPORTS
 from fixtures import evidence
 from fixtures.controls import Severity, control
@@ -24,13 +24,14 @@ from fixtures.controls import Severity, control
 
 @control("AS-7", feature=EXPORTS, grade="verified", severity=Severity.CRITICAL)
 def test_every_exported_hour_is_in_the_archive(restored_conn: psycopg.Connection[Any],
-                                               archive_store: ObjectStore) -> None:
+                                               archive_store: ObjectStore,
+                                               archive_index: ArchiveIndex) -> None:
     """AS-7 Every hour with audit rows up to the export watermark has its object in the archive."""
     watermark, by_hour = inspect_assets.rows_by_export_hour(restored_conn)
     if watermark is None:
         pytest.skip(f"not applicable: no audit_export_watermark row {WATERMARK_NAME!r}: the "
                     "source ran without audit exports")
-    seen = inspect_assets.export_coverage(watermark, by_hour, archive_store)
+    seen = inspect_assets.export_coverage(watermark, by_hour, archive_index)
     evidence.json("archive coverage", {"bucket": archive_store.bucket,
                                        **dataclasses.asdict(seen)})
     assert not seen.missing, (

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 
-import redis as redis_lib
-
-from caracal_restore.environments.postgres import PostgresServer
 from caracal_restore.environments.secretstore import SecretStore
-from caracal_restore.inspect import CannotEvaluate
 from caracal_restore.inspect import assets as inspect_assets
 from caracal_restore.inspect.tables import shorten
 from caracal_restore.profiles import Profile
-from caracal_restore.runstate import RunState
 from checks.assets.expectations import SECRETS
 from fixtures import evidence
 from fixtures.controls import Severity, control
@@ -41,22 +35,9 @@ def test_secret_store_holds_the_inventory(profile: Profile, secret_store: Secret
 
 
 @control("AS-3", feature=SECRETS, grade="verified", severity=Severity.CRITICAL)
-def test_no_secret_is_inside_the_bundle(run_state: RunState, restored_secrets: Mapping[str, str],
-                                        target_pg: PostgresServer) -> None:
+def test_no_secret_is_inside_the_bundle(bundle_secret_scan: inspect_assets.LeakScan) -> None:
     """AS-3 No runtime secret, in any encoding, is inside the backup bundle."""
-    if run_state.bundle is None:
-        raise CannotEvaluate("the run has no opened bundle to search")
-    if not restored_secrets:
-        raise CannotEvaluate("the secret store is empty: there is no secret to search for")
-    client = (redis_lib.Redis.from_url(run_state.restored_redis.url())
-              if run_state.restored_redis is not None else None)
-    try:
-        scan = inspect_assets.scan_bundle_for_secrets(
-            Path(run_state.bundle.root), restored_secrets,
-            pg_restore=target_pg.tools.path("pg_restore"), redis_client=client)
-    finally:
-        if client is not None:
-            client.close()
+    scan = bundle_secret_scan
     evidence.json("bundle searched for secrets (forms, never values)", dataclasses.asdict(scan))
     leaks = [f"{x.secret} ({x.form}) in {x.where}" for x in scan.leaks]
     assert not leaks, (

@@ -35,6 +35,7 @@ from checks.restore_checklist.expectations import (
 from fixtures import evidence
 from fixtures.controls import Severity, control
 from fixtures.options import SuiteConfig
+from fixtures.shared import once_per_run
 
 
 def _bundle_root(run_state: RunState) -> Path:
@@ -55,11 +56,16 @@ def source_tables(run_state: RunState, source_fingerprint: Mapping[str, Any] | N
 
 
 @pytest.fixture(scope="module")
-def restored_fingerprint(restored_db: PgEndpoint, profile: Profile) -> dict[str, Any]:
-    """A fingerprint of the restored database, taken read-only the way the backup took its own."""
-    with psycopg.connect(restored_db.conninfo(), autocommit=True) as conn:
-        return fp.take_fingerprint(conn, sessions_table=profile.lineage_table,
-                                   agents_table=profile.agent_table)
+def restored_fingerprint(restored_db: PgEndpoint, profile: Profile,
+                         pytestconfig: pytest.Config) -> dict[str, Any]:
+    """A fingerprint of the restored database, taken read-only the way the backup took its own
+    (once per run: the first process that needs it takes it, the others receive it)."""
+    def take() -> dict[str, Any]:
+        with psycopg.connect(restored_db.conninfo(), autocommit=True) as conn:
+            return dict(fp.take_fingerprint(conn, sessions_table=profile.lineage_table,
+                                            agents_table=profile.agent_table))
+
+    return once_per_run(pytestconfig, "restored-fingerprint", take)[0]
 
 
 @control("RC-1.1", feature=STEP1, grade="verified", severity=Severity.CRITICAL)

@@ -7,13 +7,9 @@ RPO and RTO against the run's own measurements, the number of bundles a backup l
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from pathlib import Path
 
-import redis as redis_lib
-
-from caracal_restore.environments.postgres import PostgresServer
-from caracal_restore.inspect.assets import scan_bundle_for_secrets
+from caracal_restore.inspect.assets import LeakScan
 from caracal_restore.retention import BackupClock, backups
 from caracal_restore.runstate import BundleInfo, RunState
 from checks.retention.expectations import control_of
@@ -61,18 +57,13 @@ def test_bundle_is_encrypted(restored_bundle: BundleInfo) -> None:
 
 
 @control_of("RC-BAK-4")
-def test_secrets_are_not_inside_the_bundle(
-    restored_bundle: BundleInfo, restored_secrets: Mapping[str, str],
-    target_pg: PostgresServer, bundle_redis: redis_lib.Redis | None,
-) -> None:
+def test_secrets_are_not_inside_the_bundle(bundle_secret_scan: LeakScan) -> None:
     """RC-BAK-4 No runtime secret value is inside the bundle: secrets are backed up separately.
 
     Every restored secret is searched for, in every encoding, in each file of the extracted
     bundle, in the SQL its dumps render to, and in the Redis restored from its AOF.
     """
-    scan = scan_bundle_for_secrets(Path(restored_bundle.root), restored_secrets,
-                                   pg_restore=target_pg.tools.path("pg_restore"),
-                                   redis_client=bundle_redis)
+    scan = bundle_secret_scan
     result = backups.secrets_separate(scan)
     evidence.json("secret scan of the bundle", result.evidence())
     assert result.ok, result.message()

@@ -1,0 +1,106 @@
+"""Read the audit export archive once per run, while the backup and restore are under way.
+
+The archive is the source's, independent of the bundle, so a run can read it in the background
+from the moment it knows the bucket: a child process (its own interpreter, so the pipeline's
+work is not slowed by it) lists and reads every object with ``read_index`` and writes the
+index with ``ArchiveIndex.save``. The check processes then load that one reading instead of
+fetching thousands of objects each; a run whose prefetch failed or is absent reads the archive
+itself (``fixtures/retention.py``), so the verdicts never depend on the prefetch, only the time.
+
+The object store's location and credentials reach the child through its environment (never its
+command line, which other users of the machine can read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from caracal_restore.environments.objectstore import ObjectStoreServer
+
+ENV = "CARACAL_RESTORE_PREFETCH_STORE"
+#: Written next to the index once it is complete (what was read, where, and how long it took).
+DONE = "done.json"
+
+
+@dataclasses.dataclass
+class Prefetch:
+    """A running background reading of one bucket into ``folder``."""
+
+    bucket: str
+    folder: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Wait for the reading; its record when complete, None when it failed (logged)."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        return completed(self.folder, self.bucket)
+
+    def stop(self) -> None:
+        """Stop the reading (the run ended first, or failed)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(server: ObjectStoreServer, bucket: str, folder: Path) -> Prefetch:
+    """Start reading ``bucket`` of ``server`` into ``folder`` in a child process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env[ENV] = json.dumps({
+        "provider": server.provider, "substrate": server.substrate,
+        "endpoint_url": server.endpoint_url, "access_key": server.access_key,
+        "secret_key": server.secret_key, "root": str(server.root) if server.root else None,
+        "bucket": bucket, "folder": str(folder),
+    })
+    log = folder / "prefetch.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", __name__], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Prefetch(bucket, folder, process, log)
+
+
+def completed(folder: Path, bucket: str) -> dict[str, Any] | None:
+    """The record of a complete reading of ``bucket`` in ``folder`` (None: absent or other)."""
+    try:
+        record = json.loads((folder / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("bucket") == bucket else None
+
+
+def main() -> int:
+    """Child process: read the bucket named in the environment, save its index."""
+    from caracal_restore.retention.exports import read_index
+
+    spec = json.loads(os.environ.pop(ENV))
+    server = ObjectStoreServer(
+        spec["provider"], spec["substrate"], spec["endpoint_url"], spec["access_key"],
+        spec["secret_key"], Path(spec["root"]) if spec["root"] else None)
+    folder = Path(spec["folder"])
+    started = time.time()
+    index = read_index(server.bucket(spec["bucket"]))
+    index.save(folder)
+    record = {"bucket": spec["bucket"], "objects": len(index.objects), "rows": len(index.rows),
+              "started_at": started, "seconds": round(time.time() - started, 3)}
+    (folder / DONE).write_text(json.dumps(record), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

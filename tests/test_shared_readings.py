@@ -1,0 +1,125 @@
+"""Readings made once per run: the archive read in the background, and results shared by xdist
+workers. They must hand the checks exactly what reading it themselves would."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from caracal_restore.environments import objectstore
+from caracal_restore.parquet_export import COLUMNS, ArchiveIndex, arrow_schema, object_key
+from caracal_restore.retention import prefetch
+from caracal_restore.retention.exports import read_index
+from tests.conftest import REPO
+
+HOUR = dt.datetime(2026, 5, 1, 10, tzinfo=dt.UTC)
+
+
+def _object(rows: list[tuple[str, int]]) -> bytes:
+    """An export object holding ``(zone, chain_seq)`` rows (other columns filled plainly)."""
+    values: dict[str, list[object]] = {name: [] for name, _ in COLUMNS}
+    for zone, seq in rows:
+        for name, kind in COLUMNS:
+            if name == "zone_id":
+                values[name].append(zone)
+            elif name == "chain_seq" or pa.types.is_integer(kind):
+                values[name].append(seq)
+            else:
+                values[name].append(f"{name}-{zone}-{seq}")
+    out = io.BytesIO()
+    pq.write_table(pa.table(values, schema=arrow_schema()), out)
+    return out.getvalue()
+
+
+def _fill(store: objectstore.ObjectStore) -> None:
+    store.put(object_key(HOUR), _object([("z1", 1), ("z1", 2), ("z2", 1)]))
+    # chain_seq 2 of z1 exported a second time, in the next hour's object.
+    store.put(object_key(HOUR + dt.timedelta(hours=1)), _object([("z1", 2), ("z1", 3)]))
+    store.put("audit/not-an-export.txt", b"junk")
+
+
+def _same(a: ArchiveIndex, b: ArchiveIndex) -> None:
+    assert a.rows == b.rows
+    assert a.objects == b.objects
+    assert a.duplicates == b.duplicates
+    assert a.duplicate_rows == b.duplicate_rows
+    assert a.problems == b.problems
+    assert a.event_ids_by_key() == b.event_ids_by_key()
+
+
+def test_background_reading_equals_reading_in_place(tmp_path: Path) -> None:
+    with objectstore.embedded() as server:
+        store = server.bucket("archive", create=True, object_lock=True, compliance_days=1)
+        _fill(store)
+        reading = prefetch.start(server, "archive", tmp_path / "cache")
+        record = reading.wait(timeout=120)
+        assert record is not None, (tmp_path / "cache" / "prefetch.log").read_text()
+        direct = read_index(store)
+    assert record["rows"] == len(direct.rows) == 4
+    assert direct.duplicates == {("z1", 2): [object_key(HOUR),
+                                             object_key(HOUR + dt.timedelta(hours=1))]}
+    assert any("not-an-export.txt" in p for p in direct.problems)
+    _same(ArchiveIndex.load(tmp_path / "cache"), direct)
+    # A record names its bucket: a reading of another bucket is never taken for this one.
+    assert prefetch.completed(tmp_path / "cache", "another-bucket") is None
+
+
+def test_failed_background_reading_leaves_no_record(tmp_path: Path) -> None:
+    with objectstore.embedded() as server:
+        reading = prefetch.start(server, "no-such-bucket", tmp_path / "cache")
+        assert reading.wait(timeout=120) is None
+    assert "NoSuchBucket" in (tmp_path / "cache" / "prefetch.log").read_text()
+
+
+def test_saved_index_loads_equal(tmp_path: Path) -> None:
+    with objectstore.embedded() as server:
+        store = server.bucket("archive", create=True)
+        _fill(store)
+        index = read_index(store)
+    index.save(tmp_path / "saved")
+    _same(ArchiveIndex.load(tmp_path / "saved"), index)
+
+
+def test_a_shared_reading_is_made_once_per_run(pytester: pytest.Pytester,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeconftest('pytest_plugins = ("fixtures.shared",)')
+    pytester.makepyfile(test_shared=textwrap.dedent("""
+        import os
+        from pathlib import Path
+
+        import pytest
+
+        from fixtures.shared import once_per_run
+
+        LOG = Path(os.environ["SHARED_LOG"])
+
+
+        @pytest.fixture(scope="session")
+        def reading(pytestconfig):
+            def compute():
+                with LOG.open("a") as log:
+                    log.write(os.environ.get("PYTEST_XDIST_WORKER", "main") + "\\n")
+                return {"value": 42}
+            return once_per_run(pytestconfig, "reading", compute)[0]
+
+
+        @pytest.mark.parametrize("n", range(8))
+        def test_reads(reading, n):
+            assert reading == {"value": 42}
+    """))
+    log = pytester.path / "computed.log"
+    monkeypatch.setenv("SHARED_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=8)
+    assert len(log.read_text().split()) == 1, log.read_text()
+    log.unlink()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
+    result.assert_outcomes(passed=8)
+    assert len(log.read_text().split()) == 1, log.read_text()
