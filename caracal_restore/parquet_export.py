@@ -181,15 +181,19 @@ class ArchiveIndex:
         }
         (folder / "index.json").write_text(json.dumps(meta), encoding="utf-8")
 
+    @staticmethod
+    def load_objects(folder: Path) -> list[ArchiveObject]:
+        """The objects of an index written by ``save`` (not its rows)."""
+        meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        return [ArchiveObject(key, dt.datetime.fromisoformat(hour) if hour else None, int(size),
+                              int(versions), int(rows), tuple((str(a), str(b)) for a, b in schema))
+                for key, hour, size, versions, rows, schema in meta["objects"]]
+
     @classmethod
     def load(cls, folder: Path) -> ArchiveIndex:
         """An index written by ``save`` (duplicates are found again while loading)."""
         meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-        index = cls(problems=list(meta["problems"]))
-        for key, hour, size, versions, rows, schema in meta["objects"]:
-            index.objects.append(ArchiveObject(
-                key, dt.datetime.fromisoformat(hour) if hour else None, int(size),
-                int(versions), int(rows), tuple((str(a), str(b)) for a, b in schema)))
+        index = cls(problems=list(meta["problems"]), objects=cls.load_objects(folder))
         with pa.memory_map(str(folder / "rows.arrow")) as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):

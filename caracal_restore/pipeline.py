@@ -226,7 +226,7 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
     ))
     # The archive is complete once the source is built: read it while the backup and restore
     # run (the checks load this one reading; without it they read the archive themselves).
-    archive_reading = prefetch.start(stack.objects, archive_name, work / "archive")
+    archive_reading = prefetch.start(stack.objects, deployment.archive_bucket, work / "archive")
     exits.callback(archive_reading.stop)
     _keep_services_alive(deployment.owner_db, agents_table)
     out = work / "backups"

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from caracal_restore import audit_chain
 from caracal_restore.parquet_export import ArchiveIndex, ArchiveRow
 from caracal_restore.retention.common import (
     AUDIT_DEFAULT_PARTITION,
@@ -359,25 +360,14 @@ def missing_rows_are_retention(
 
 
 
-def agree_with_chain_check(result: Evaluation, conn: psycopg.Connection[Any],
-                           index: ArchiveIndex) -> None:
+def agree_with_chain_check(result: Evaluation, report: audit_chain.Report) -> None:
     """Add the offline chain verifier's view: its unexplained holes (kind ``gap``) are findings.
 
-    The chain verifier (``caracal_restore.audit_chain``) classifies every hole of a restored
-    chain as an expected ``retention_hole`` or a ``gap`` (missing rows). Retention and the
-    chain check must agree; when the verifier is not installed the agreement is recorded as
-    not evaluated. HMACs are not its concern here (no key is passed).
+    The chain verifier (``caracal_restore.audit_chain``, run once per run by the symptom
+    "Audit chain verification fails" over the restored chains and the same archive) classifies
+    every hole of a restored chain as an expected ``retention_hole`` or a ``gap`` (missing
+    rows). Retention and the chain check must agree.
     """
-    try:
-        from caracal_restore import audit_chain
-    except ImportError:
-        result.observed["chain verifier"] = "not available: agreement not evaluated"
-        return
-    archive = {
-        ident: audit_chain.ArchivedEvent(r.event_id, r.content_sha256, r.chain_hmac, r.time_ms)
-        for ident, r in index.rows.items()
-    }
-    report = audit_chain.verify_audit_chain(conn, hmac_key=None, archive=archive)
     gaps = report.of_kind("gap")
     result.observed["chain verifier"] = {
         "retention holes": report.counts.get("retention_hole", 0),
