@@ -22,7 +22,6 @@ import psycopg
 from psycopg import sql
 
 from caracal_restore import fingerprint as fp
-from caracal_restore.chainhash import unix_nanos
 from caracal_restore.environments.objectstore import ObjectInfo, ObjectStore
 from caracal_restore.parquet_export import (
     WATERMARK_NAME,
@@ -179,15 +178,22 @@ class _HourTally:
 
 def _db_rows(conn: psycopg.Connection[Any], lo: dt.datetime, hi: dt.datetime
              ) -> Iterator[tuple[Any, ...]]:
-    """Restored rows with ``ingested_at`` in [lo, hi), streamed (exporter's NULL handling)."""
+    """Restored rows with ``ingested_at`` in [lo, hi), streamed (exporter's NULL handling).
+
+    The server computes what is compared per row: the UTC hour of ``ingested_at`` and the
+    export's millisecond ``time`` (``floor(occurred_at µs / 1000)``, exact: ``extract`` is
+    numeric).
+    """
     query = sql.SQL(
-        "SELECT zone_id, COALESCE(chain_seq, 0), COALESCE(id, ''),"
-        " COALESCE(content_sha256, ''), COALESCE(chain_hmac, ''), occurred_at, ingested_at,"
+        "SELECT zone_id::text, COALESCE(chain_seq, 0), COALESCE(id::text, ''),"
+        " COALESCE(content_sha256, ''), COALESCE(chain_hmac, ''),"
+        " floor(extract(epoch FROM occurred_at) * 1000)::bigint,"
+        " date_trunc('hour', ingested_at AT TIME ZONE 'UTC'), ingested_at,"
         " COALESCE(decision, ''), COALESCE(event_type, ''), COALESCE(request_id, '')"
         " FROM {} WHERE ingested_at >= %s AND ingested_at < %s"
     ).format(sql.Identifier(AUDIT_TABLE))
     with conn.transaction(), conn.cursor(name="caracal_retention_export_rows") as cur:
-        cur.itersize = 5000
+        cur.itersize = 20000
         cur.execute(query, (lo, hi))
         yield from cur
 
@@ -234,23 +240,25 @@ def hours_exported(
     tallies: dict[dt.datetime, _HourTally] = collections.defaultdict(_HourTally)
     wrong: list[str] = []
     checked = 0
-    for zone, seq, event_id, content, mac, occurred_at, ingested, decision, etype, req in _db_rows(
-        conn, first, watermark + _HOUR
-    ):
+    keys: dict[dt.datetime, tuple[dt.datetime, str]] = {}
+    for (zone, seq, event_id, content, mac, time_ms, hour_utc, ingested, decision, etype,
+         req) in _db_rows(conn, first, watermark + _HOUR):
         checked += 1
-        hour = ingested.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        known = keys.get(hour_utc)
+        if known is None:
+            hour = hour_utc.replace(tzinfo=dt.UTC)
+            known = keys[hour_utc] = (hour, object_key(hour))
+        hour, key = known
         tally = tallies[hour]
         tally.rows += 1
-        key = object_key(hour)
-        row = index.rows.get((str(zone), int(seq)))
+        row = index.rows.get((zone, seq))
         if row is None or row.key != key:
             tally.missing.append(int(seq))
             if row is not None:
                 wrong.append(f"zone {zone} chain_seq {seq} (ingested {iso(ingested)}) is in "
                              f"{row.key}, not {key}")
             continue
-        expected = (event_id, content, mac, unix_nanos(occurred_at) // 1_000_000, decision,
-                    etype, req)
+        expected = (event_id, content, mac, time_ms, decision, etype, req)
         got = (row.event_id, row.content_sha256, row.chain_hmac, row.time_ms, row.decision,
                row.event_type, row.request_id)
         if expected != got:
