@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from caracal_restore.chainhash import chain_hmac
+from caracal_restore.chainhash import chain_hmac, chain_hmac_bytes
 from caracal_restore.environments.objectstore import ObjectStore
 
 #: Exact column names and types of an export object, in order.
@@ -279,6 +279,7 @@ def verify_archive_chain(
     are reported, as is every HMAC that does not match.
     """
     problems: list[str] = []
+    fast = chain_hmac_bytes(hmac_key) if hmac_key else None
     for ident, keys in sorted(index.duplicates.items()):
         problems.append(f"zone {ident[0]} chain_seq {ident[1]}: exported more than once {keys}")
     for zone, seqs in index.zones().items():
@@ -299,7 +300,9 @@ def verify_archive_chain(
                 elif require_genesis:
                     problems.append(f"zone {zone}: archive starts at chain_seq {seq}, not 1")
             if prev_hash is not None:
-                expected = chain_hmac(hmac_key, row.content_sha256, prev_hash)
+                expected = (fast(row.content_sha256.encode(), prev_hash.encode()).decode()
+                            if fast is not None else chain_hmac(hmac_key, row.content_sha256,
+                                                                prev_hash))
                 if not hmac.compare_digest(expected, row.chain_hmac):
                     problems.append(
                         f"zone {zone} chain_seq {seq} (event {row.event_id}, {row.key}): "
