@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import psycopg
@@ -160,7 +161,8 @@ def test_embedded_object_store_lists_versions_without_keeping_copies() -> None:
     import tracemalloc
 
     with objectstore.embedded() as srv:
-        store = srv.bucket("listing", create=True, object_lock=True, compliance_days=1)
+        store = srv.bucket(f"listing-{os.getpid()}-{time.monotonic_ns()}", create=True,
+                           object_lock=True, compliance_days=1)
         for i in range(200):
             assert store.put(f"audit/k{i:03d}", bytes([i % 256]) * 20_000, if_none_match=True)
         store.put("audit/k000", b"second version")

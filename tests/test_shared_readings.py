@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import textwrap
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,9 +56,11 @@ def _same(a: ArchiveIndex, b: ArchiveIndex) -> None:
 
 def test_background_reading_equals_reading_in_place(tmp_path: Path) -> None:
     with objectstore.embedded() as server:
-        store = server.bucket("archive", create=True, object_lock=True, compliance_days=1)
+        # moto's state is per process: a bucket name of its own for each test.
+        name = f"archive-{uuid.uuid4().hex[:8]}"
+        store = server.bucket(name, create=True, object_lock=True, compliance_days=1)
         _fill(store)
-        reading = prefetch.start(server, "archive", tmp_path / "cache")
+        reading = prefetch.start(server, name, tmp_path / "cache")
         record = reading.wait(timeout=120)
         assert record is not None, (tmp_path / "cache" / "prefetch.log").read_text()
         direct = read_index(store)
@@ -72,14 +75,15 @@ def test_background_reading_equals_reading_in_place(tmp_path: Path) -> None:
 
 def test_failed_background_reading_leaves_no_record(tmp_path: Path) -> None:
     with objectstore.embedded() as server:
-        reading = prefetch.start(server, "no-such-bucket", tmp_path / "cache")
+        reading = prefetch.start(server, f"no-such-bucket-{uuid.uuid4().hex[:8]}",
+                                 tmp_path / "cache")
         assert reading.wait(timeout=120) is None
     assert "NoSuchBucket" in (tmp_path / "cache" / "prefetch.log").read_text()
 
 
 def test_saved_index_loads_equal(tmp_path: Path) -> None:
     with objectstore.embedded() as server:
-        store = server.bucket("archive", create=True)
+        store = server.bucket(f"archive-{uuid.uuid4().hex[:8]}", create=True)
         _fill(store)
         index = read_index(store)
     index.save(tmp_path / "saved")
