@@ -1,4 +1,4 @@
-"""Layout rules: our `fixtures` package is the repository's, and the README documents every option."""
+"""Layout rules: our `fixtures` package is the repository's; the README documents every option."""
 
 from __future__ import annotations
 

@@ -131,7 +131,8 @@ def test_real_backup_sh_bundle_gives_the_expected_outcomes(tmp_path: Path) -> No
         assert _reason(outcomes[name]).startswith("not applicable: the source never exported "
                                                   "an audit hour"), (name, outcomes[name])
     watermark = outcomes["test_export_watermark_equals_the_source"]
-    assert watermark.status == "skipped" and "dump's audit_export_watermark" in watermark.message
+    assert watermark.status == "skipped"
+    assert "dump's audit_export_watermark" in watermark.message
     for name in MUST_PASS:
         assert outcomes[name].status == "passed", (name, outcomes[name])
     # Nothing else is silently skipped; anything else that fails or cannot be evaluated names
@@ -266,7 +267,8 @@ def _source_moved_on(c: ClonedRun, *, avoid: str) -> str:
             " JOIN LATERAL (SELECT 1 FROM audit_events e WHERE e.tableoid = c.oid LIMIT 1) r"
             " ON true WHERE i.inhparent = 'audit_events'::regclass"
             " AND c.relname <> 'audit_events_default' AND c.relname <> %s", (avoid,)).fetchone()
-        assert partition is not None and partition[0], "no populated monthly partition"
+        assert partition is not None, "no populated monthly partition"
+        assert partition[0], "no populated monthly partition"
         revoked = conn.execute("SELECT id FROM sessions WHERE status = 'revoked' ORDER BY id"
                                " LIMIT 1").fetchone()
         assert revoked is not None, "the reference has no revoked session"

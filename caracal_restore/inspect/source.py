@@ -183,7 +183,8 @@ def _prefix(restored: Conn, source: Conn, table: str, key: str,
                             "below the restored head), missing from the restore")
             b = next(theirs, None)
         else:
-            assert a is not None and b is not None
+            assert a is not None
+            assert b is not None
             zone = per_zone[_zone(a[0])]
             checked += 1
             if (a[2], a[3]) != (b[2], b[3]):
