@@ -41,7 +41,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    return all(info[4][0].startswith("127.") or info[4][0] == "::1" for info in infos)
+    return all(str(info[4][0]).startswith("127.") or str(info[4][0]) == "::1" for info in infos)
 
 
 @dataclasses.dataclass(frozen=True)

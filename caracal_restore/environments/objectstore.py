@@ -438,7 +438,8 @@ def docker(*, image: str = "minio/minio:latest") -> Iterator[ObjectStoreServer]:
     secret = secrets.token_hex(16)
     port = free_port()
     container = MinioContainer(image, access_key="caracal", secret_key=secret)
-    container.with_bind_ports(9000, (LOOPBACK, port))
+    # docker-py binds (ip, port) tuples; the stub only knows a port: loopback only.
+    container.with_bind_ports(9000, (LOOPBACK, port))  # type: ignore[arg-type]
     with container:
         yield ObjectStoreServer("docker", "minio", f"http://{LOOPBACK}:{port}", "caracal", secret)
 

@@ -254,7 +254,7 @@ def docker_available() -> str | None:
     try:
         if host.startswith("unix://"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: object = host[len("unix://"):]
+            address: str | tuple[str, int] = host[len("unix://"):]
         elif host.startswith("tcp://"):
             hostport = host[len("tcp://"):].rstrip("/")
             name, _, port = hostport.rpartition(":")
@@ -285,7 +285,8 @@ def docker(*, image: str = "postgres:18", min_major: int = 18) -> Iterator[Postg
     password = secrets.token_hex(16)
     port = free_port()
     container = PostgresContainer(image, username="postgres", password=password, dbname="postgres")
-    container.with_bind_ports(5432, (LOOPBACK, port))
+    # docker-py binds (ip, port) tuples; the stub only knows a port: loopback only, on purpose.
+    container.with_bind_ports(5432, (LOOPBACK, port))  # type: ignore[arg-type]
     container.with_command("postgres -c fsync=off -c timezone=UTC")
     container.with_env("POSTGRES_INITDB_ARGS", "--data-checksums --auth-host=scram-sha-256")
     tools = find_client_tools(min_major=min_major)

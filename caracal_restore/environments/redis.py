@@ -166,7 +166,8 @@ def docker(*, image: str = "redis:8") -> Iterator[RedisServer]:
     password = secrets.token_hex(16)
     port = free_port()
     container = RedisContainer(image, password=password)
-    container.with_bind_ports(6379, (LOOPBACK, port))
+    # docker-py binds (ip, port) tuples; the stub only knows a port: loopback only.
+    container.with_bind_ports(6379, (LOOPBACK, port))  # type: ignore[arg-type]
     container.with_command(f"redis-server --appendonly yes --requirepass {password}")
     with container:
         endpoint = RedisEndpoint(LOOPBACK, port, password)

@@ -13,7 +13,7 @@ dropped audit partition, a pruned session) is reported, not failed. Both sides a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import psycopg
@@ -111,9 +111,11 @@ def ledger(restored: Conn, source: Conn, profile: Profile) -> SourceComparison:
 ChainKey = tuple[str, int]
 
 
-def _chain_rows(conn: Conn, table: str, extra: str = "") -> Iterator[tuple[Any, ...]]:
+def _chain_rows(conn: Conn, table: str, extra: str = ""
+                ) -> Generator[tuple[Any, ...], None, None]:
     """(zone, chain_seq, content_sha256, chain_hmac[, extra]) in byte order of zone, then seq."""
-    columns = sql.SQL("COALESCE(zone_id::text, ''), chain_seq, content_sha256, chain_hmac")
+    columns: sql.Composable = sql.SQL(
+        "COALESCE(zone_id::text, ''), chain_seq, content_sha256, chain_hmac")
     if extra:
         columns = sql.SQL("{}, {}").format(columns, sql.SQL(extra))
     query = sql.SQL(
