@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from caracal_restore.chainhash import (
     content_hash_parts,
     parse_hmac_key,
 )
+from caracal_restore.diagnose import Diagnosis, by_profile
 from caracal_restore.diagnose import revocation as revocation_diag
 from caracal_restore.parquet_export import ArchiveIndex, read_archive
+from caracal_restore.profiles import Profile
 from caracal_restore.redact import REDACTOR
 from tests.harness import ClonedRun, PreparedRun
 
@@ -68,6 +71,28 @@ def secrets_of(clone: ClonedRun) -> dict[str, str]:
     """Every secret of the clone's store."""
     store = clone.secrets()
     return {name: store.read(name) for name in store.names()}
+
+
+def diagnose(clone: ClonedRun, env: Env, profile: Profile, families: tuple[str, ...],
+             fingerprint: Mapping[str, Any] | None = None) -> dict[str, Diagnosis]:
+    """The offline diagnoses ``families`` of a (broken) copy, keyed by family, computed exactly
+    as the checks' fixtures compute them (``diagnose.by_profile``)."""
+    fp = env.fingerprint if fingerprint is None else fingerprint
+    values = secrets_of(clone)
+    assert clone.redis_url is not None
+    client = redis_lib.Redis.from_url(clone.redis_url)
+    try:
+        with clone.connect() as conn:
+            run: dict[str, Callable[[], Diagnosis]] = {
+                "kek": lambda: by_profile.kek(conn, values, profile, fp, env.canary_kids),
+                "chain": lambda: by_profile.chain(conn, values, profile, fp, env.archive)[0],
+                "admin-chain": lambda: by_profile.admin_chain(conn, values, profile, fp)[0],
+                "routing": lambda: by_profile.routing(conn, profile, fp),
+                "revocation": lambda: by_profile.revocation(conn, client, profile, fp),
+            }
+            return {family: run[family]() for family in families}
+    finally:
+        client.close()
 
 
 def new_key() -> str:

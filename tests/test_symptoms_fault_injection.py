@@ -40,7 +40,6 @@ from caracal_restore.envelope import parse_kek
 from caracal_restore.profiles.release_2026_06 import PROFILE
 from caracal_restore.redact import REDACTOR
 from caracal_restore.runstate import RunState
-from fixtures.diagnostics import sealed_columns
 from tests.harness import ClonedRun, clone_run, prepared_run, run_checks_on
 from tests.symptom_faults import (
     REVOKE,
@@ -49,6 +48,7 @@ from tests.symptom_faults import (
     clean,
     delete_audit_row,
     delete_marker,
+    diagnose,
     drop_oldest_partition,
     duplicate_chain_seq,
     edit_decision,
@@ -77,23 +77,10 @@ def env() -> Iterator[Env]:
 
 def diagnose_all(clone: ClonedRun, env: Env,
                  fingerprint: Mapping[str, Any] | None = None) -> dict[str, Diagnosis]:
-    """The four offline diagnoses of a (broken) copy, as the checks' fixtures compute them."""
-    fp = env.fingerprint if fingerprint is None else fingerprint
-    values = secrets_of(clone)
-    assert clone.redis_url is not None
-    client = redis_lib.Redis.from_url(clone.redis_url)
-    try:
-        with clone.connect() as conn:
-            kek = kek_diag.diagnose_offline(conn, values.get("zoneKek"), fingerprint=fp,
-                                            expected_kids=env.canary_kids,
-                                            columns=sealed_columns(PROFILE))
-            chain, _report = chain_diag.diagnose(conn, hmac_key_hex=values.get("auditHmacKey"),
-                                                 fingerprint=fp, archive=env.archive)
-            routing = routing_diag.diagnose_offline(conn, fingerprint=fp)
-            revocation = revocation_diag.diagnose_offline(conn, client, fingerprint=fp)
-    finally:
-        client.close()
-    return {d.symptom: d for d in (kek, chain, routing, revocation)}
+    """The four offline diagnoses of a (broken) copy, as the checks' fixtures compute them,
+    keyed by symptom."""
+    found = diagnose(clone, env, PROFILE, ("kek", "chain", "routing", "revocation"), fingerprint)
+    return {d.symptom: d for d in found.values()}
 
 
 def assert_only(diagnoses: Mapping[str, Diagnosis], symptom: str | None,

@@ -24,7 +24,7 @@ import pytest
 import redis as redis_lib
 
 from caracal_restore import envelope
-from caracal_restore.diagnose import Diagnosis, by_profile
+from caracal_restore.diagnose import Diagnosis
 from caracal_restore.diagnose import revocation as revocation_diag
 from caracal_restore.environments.base import PgEndpoint, RedisEndpoint
 from caracal_restore.profiles.release_1_0 import PROFILE
@@ -36,6 +36,7 @@ from tests.symptom_faults import (
     clean,
     delete_audit_row,
     delete_marker,
+    diagnose,
     drop_oldest_partition,
     duplicate_chain_seq,
     edit_decision,
@@ -73,24 +74,13 @@ def env() -> Iterator[Env]:
         yield env_of(run, ZONE_SQL)
 
 
+FAMILIES = ("kek", "chain", "admin-chain", "routing", "revocation")
+
+
 def diagnose_all(clone: ClonedRun, env: Env,
                  fingerprint: Mapping[str, Any] | None = None) -> dict[str, Diagnosis]:
     """Every offline family of a (broken) copy, exactly as the checks' fixtures compute them."""
-    fp = env.fingerprint if fingerprint is None else fingerprint
-    values = secrets_of(clone)
-    assert clone.redis_url is not None
-    client = redis_lib.Redis.from_url(clone.redis_url)
-    try:
-        with clone.connect() as conn:
-            return {
-                "kek": by_profile.kek(conn, values, PROFILE, fp, env.canary_kids),
-                "chain": by_profile.chain(conn, values, PROFILE, fp, env.archive)[0],
-                "admin-chain": by_profile.admin_chain(conn, values, PROFILE, fp)[0],
-                "routing": by_profile.routing(conn, PROFILE, fp),
-                "revocation": by_profile.revocation(conn, client, PROFILE, fp),
-            }
-    finally:
-        client.close()
+    return diagnose(clone, env, PROFILE, FAMILIES, fingerprint)
 
 
 def assert_only(diagnoses: Mapping[str, Diagnosis], expected: Mapping[str, set[str]]) -> None:
