@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,50 @@ from psycopg import sql
 
 from caracal_restore.environments import redis as redis_env
 from caracal_restore.environments.base import PgEndpoint
+from caracal_restore.environments.postgres import PostgresServer
 from caracal_restore.environments.secretstore import DirSecretStore
 from caracal_restore.environments.stack import IsolatedStack, StackSpec, start_stack
 from caracal_restore.pipeline import PipelineSpec, run_pipeline
 from caracal_restore.runstate import RunState, ServicesInfo
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def fresh_object_store_state() -> None:
+    """Forget moto's in-process S3 state before building a run in this process.
+
+    The embedded object store is an in-process moto server whose buckets outlive the server:
+    a second prepared run in one process (another module's, or the same module's again after
+    xdist moved between modules) must not find the first one's buckets.
+    """
+    from moto.s3.models import s3_backends
+
+    s3_backends.reset()
+
+
+#: Makes a fresh writable copy of a template database and returns a connection to it.
+Clone = Callable[[], psycopg.Connection[Any]]
+
+
+@contextlib.contextmanager
+def template_copies(pg: PostgresServer, template: str, prefix: str) -> Iterator[Clone]:
+    """Fresh copies of ``template`` for one defect each (``CREATE DATABASE … TEMPLATE``),
+    closed and dropped at the end."""
+    made: list[tuple[str, psycopg.Connection[Any]]] = []
+
+    def make() -> psycopg.Connection[Any]:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        pg.create_database(name, template=template)
+        conn = pg.connect(name)
+        made.append((name, conn))
+        return conn
+
+    try:
+        yield make
+    finally:
+        for name, conn in made:
+            conn.close()
+            pg.drop_database(name)
 
 
 @dataclasses.dataclass

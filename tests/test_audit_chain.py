@@ -16,8 +16,7 @@ import random
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from caracal_restore.audit_chain import (
     verify_audit_chain,
 )
 from caracal_restore.environments import postgres
+from tests.harness import Clone, template_copies
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
@@ -292,25 +292,11 @@ def base(pg: postgres.PostgresServer, tmp_path_factory: pytest.TempPathFactory) 
     return Base("chain_base", len(rows), heads, archive)
 
 
-Clone = Callable[[], psycopg.Connection[Any]]
-
-
 @pytest.fixture
 def clone(pg: postgres.PostgresServer, base: Base) -> Iterator[Clone]:
     """Fresh copies of the base database for one defect each (action: CREATE … TEMPLATE)."""
-    made: list[tuple[str, psycopg.Connection[Any]]] = []
-
-    def make() -> psycopg.Connection[Any]:
-        name = f"chain_{uuid.uuid4().hex[:10]}"
-        pg.create_database(name, template=base.name)
-        conn = pg.connect(name)
-        made.append((name, conn))
-        return conn
-
-    yield make
-    for name, conn in made:
-        conn.close()
-        pg.drop_database(name)
+    with template_copies(pg, base.name, "chain") as make:
+        yield make
 
 
 def forge(conn: psycopg.Connection[Any], zone: str, seq: int, key: bytes, *,

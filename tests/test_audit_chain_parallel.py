@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import psycopg
 import pytest
 
 from caracal_restore import audit_chain, chainhash
@@ -32,6 +30,7 @@ from caracal_restore.audit_chain_sql import verify_audit_chain_sql
 from caracal_restore.environments import postgres
 from caracal_restore.reference.generator import Volume, build_source_database
 from caracal_restore.reference.secrets import generate_secrets
+from tests.harness import Clone, template_copies
 
 NOW = dt.datetime(2026, 6, 21, 12, 0, tzinfo=dt.UTC)
 OTHER_KEY = bytes(range(100, 132))
@@ -63,25 +62,11 @@ def source(pg: postgres.PostgresServer) -> Source:
     return Source(data.database or "caracal", chainhash.parse_hmac_key(secrets["auditHmacKey"]))
 
 
-Clone = Callable[[], psycopg.Connection[Any]]
-
-
 @pytest.fixture
 def clone(pg: postgres.PostgresServer, source: Source) -> Iterator[Clone]:
     """Fresh copies of the source (action: CREATE … TEMPLATE)."""
-    made: list[tuple[str, psycopg.Connection[Any]]] = []
-
-    def make() -> psycopg.Connection[Any]:
-        name = f"par_{uuid.uuid4().hex[:10]}"
-        pg.create_database(name, template=source.name)
-        conn = pg.connect(name)
-        made.append((name, conn))
-        return conn
-
-    yield make
-    for name, conn in made:
-        conn.close()
-        pg.drop_database(name)
+    with template_copies(pg, source.name, "par") as make:
+        yield make
 
 
 def _view(report: Any) -> tuple[Any, ...]:

@@ -30,7 +30,7 @@ from caracal_restore.evidence.__main__ import main as evidence_cli
 from caracal_restore.redact import REDACTOR, secret_forms
 from caracal_restore.runstate import RunState
 from tests.conftest import REPO
-from tests.harness import PreparedRun, prepared_run
+from tests.harness import PreparedRun, fresh_object_store_state, prepared_run
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -85,24 +85,11 @@ class RealRun:
     proc: subprocess.CompletedProcess[str]
 
 
-def _fresh_object_store_state() -> None:
-    """Forget moto's in-process S3 state before building a run in this process.
-
-    The embedded object store is an in-process moto server whose buckets outlive the server, and
-    the reference run names its archive bucket the same every time: a second prepared run in one
-    process (another module's, or this module's again after xdist moved between modules) would
-    find the first one's locked bucket and fail to create it.
-    """
-    from moto.s3.models import s3_backends
-
-    s3_backends.reset()
-
-
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealRun]:
     """One prepared run (300 audit events); the checks run against it twice."""
     base = tmp_path_factory.mktemp("evidence")
-    _fresh_object_store_state()
+    fresh_object_store_state()
     with prepared_run(audit_events=300) as built:
         first = _checks(built.state, built.workdir, base / "first")
         assert _results(base / "first"), first.stdout[-3000:] + first.stderr[-3000:]

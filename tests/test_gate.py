@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.harness import PreparedRun, prepared_run
+from tests.harness import PreparedRun, fresh_object_store_state, prepared_run
 
 CONFTEST = (
     "pytest_plugins = ('fixtures.options', 'fixtures.controls', 'fixtures.evidence', "
@@ -286,19 +286,6 @@ class Real:
     tmp: Path
 
 
-def _fresh_object_store_state() -> None:
-    """Forget moto's in-process S3 state before building a run in this process.
-
-    The embedded object store is an in-process moto server whose buckets outlive the server, and
-    the reference run names its archive bucket the same every time: a second prepared run in one
-    process (another module's, or this module's again after xdist moved between modules) would
-    find the first one's locked bucket and fail to create it.
-    """
-    from moto.s3.models import s3_backends
-
-    s3_backends.reset()
-
-
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
     """One prepared run for the module's real gate runs."""
@@ -307,7 +294,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
                           check=False, env=_env())
     nodeids = [line for line in proc.stdout.splitlines() if "::" in line]
     assert nodeids, proc.stdout + proc.stderr
-    _fresh_object_store_state()
+    fresh_object_store_state()
     with prepared_run(audit_events=300) as built:
         yield Real(built, nodeids, tmp_path_factory.mktemp("gate"))
 
