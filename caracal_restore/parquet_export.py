@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -184,16 +185,13 @@ class ArchiveIndex:
     @staticmethod
     def load_objects(folder: Path) -> list[ArchiveObject]:
         """The objects of an index written by ``save`` (not its rows)."""
-        meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-        return [ArchiveObject(key, dt.datetime.fromisoformat(hour) if hour else None, int(size),
-                              int(versions), int(rows), tuple((str(a), str(b)) for a, b in schema))
-                for key, hour, size, versions, rows, schema in meta["objects"]]
+        return _saved_objects(json.loads((folder / "index.json").read_text(encoding="utf-8")))
 
     @classmethod
     def load(cls, folder: Path) -> ArchiveIndex:
         """An index written by ``save`` (duplicates are found again while loading)."""
         meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-        index = cls(problems=list(meta["problems"]), objects=cls.load_objects(folder))
+        index = cls(problems=list(meta["problems"]), objects=_saved_objects(meta))
         with pa.memory_map(str(folder / "rows.arrow")) as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):
@@ -213,6 +211,13 @@ class ArchiveIndex:
         for zone, seq in self.rows:
             out.setdefault(zone, []).append(seq)
         return {z: sorted(s) for z, s in sorted(out.items())}
+
+
+def _saved_objects(meta: dict[str, Any]) -> list[ArchiveObject]:
+    """The objects recorded in a saved index's ``index.json``."""
+    return [ArchiveObject(key, dt.datetime.fromisoformat(hour) if hour else None, int(size),
+                          int(versions), int(rows), tuple((str(a), str(b)) for a, b in schema))
+            for key, hour, size, versions, rows, schema in meta["objects"]]
 
 
 def read_archive(store: ObjectStore, *, prefix: str = PREFIX) -> ArchiveIndex:
