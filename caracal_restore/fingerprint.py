@@ -6,12 +6,18 @@ and chain heads, policy activation, gateway binding revision, revocations, migra
 Redis stream positions). Comparing the fingerprint in a bundle with one taken on the restored
 database proves the restore complete without copying any data out.
 
-The content digest of a table is a multiset hash: the sum modulo 2**256 of SHA-256 over the
-server's text form of each row (``ROW(r.*)::text``: JSON as the server prints it, bytea as hex,
-which is bijective with the bytes). It does not depend on physical row order and changes when
-a row is duplicated or dropped. Output settings (time zone, date and interval style, float
-digits, bytea format) are pinned inside the transaction so the text is the same on any server
-configured otherwise.
+The content digest of a table is a multiset hash: the sum modulo 2**256 of SHA-256 over each
+row's line of ``COPY … TO STDOUT`` (text format: every column through the server's output
+function, JSON as the server prints it, bytea as hex, and tabs, newlines and backslashes inside
+a value escaped, so a line is bijective with the row). It does not depend on physical row order
+and changes when a row is duplicated or dropped. Output settings (time zone, date and interval
+style, float digits, bytea format) are pinned inside the transaction so the text is the same on
+any server configured otherwise. COPY streams the rows at the server's read speed; each table
+holding rows is read once (a partition is not read again for its parent).
+
+Format 1 (earlier versions of this suite) hashed ``ROW(r.*)::text`` in the server instead; its
+digests do not compare with these, so a bundle holding them is compared with its dumps
+(``bundle.open_bundle`` says so in a warning).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-FORMAT = 1
+FORMAT = 2
 MODULUS = 2**256
 #: Files of a bundle that the ``files`` map does not cover (it lives inside one of them).
 UNHASHED = frozenset({"fingerprint.json"})
@@ -55,7 +61,7 @@ SELECT c.oid, c.relname, c.relkind, c.relispartition,
 """
 
 _LEAVES_QUERY = """
-SELECT t.relid, n.nspname, c.relname
+SELECT t.relid::oid, n.nspname, c.relname
   FROM pg_partition_tree(%s::oid) t
   JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE t.isleaf
@@ -69,7 +75,6 @@ def take_fingerprint(
     tables: Iterable[str] | None = None,
     sessions_table: str = "sessions",
     agents_table: str = "agent_sessions",
-    batch_size: int = 5000,
 ) -> dict[str, Any]:
     """Fingerprint the database ``conn`` is connected to, inside the caller's transaction.
 
@@ -79,8 +84,8 @@ def take_fingerprint(
     """
     if conn.autocommit:
         with conn.transaction():
-            return _collect(conn, redis_client, tables, sessions_table, agents_table, batch_size)
-    return _collect(conn, redis_client, tables, sessions_table, agents_table, batch_size)
+            return _collect(conn, redis_client, tables, sessions_table, agents_table)
+    return _collect(conn, redis_client, tables, sessions_table, agents_table)
 
 
 def _collect(
@@ -89,7 +94,6 @@ def _collect(
     tables: Iterable[str] | None,
     sessions_table: str,
     agents_table: str,
-    batch_size: int,
 ) -> dict[str, Any]:
     """Everything of ``take_fingerprint``, inside an open transaction."""
     for name, value in _PINNED_SETTINGS:
@@ -100,7 +104,7 @@ def _collect(
         "format": FORMAT,
         "database": row[1],
         "taken_at": row[0].isoformat(),
-        "tables": table_digests(conn, tables=tables, batch_size=batch_size),
+        "tables": table_digests(conn, tables=tables),
         "audit_partitions": audit_partitions(conn),
         "heads": audit_heads(conn),
         "policy_activation": policy_activation(conn),
@@ -111,13 +115,21 @@ def _collect(
     }
 
 
+def format_of(fingerprint: Mapping[str, Any]) -> object:
+    """The format a database's fingerprint was taken in (its ``format``)."""
+    return fingerprint.get("format")
+
+
 # ------------------------------------------------------------------------------ tables
 
 
 def table_digests(
-    conn: psycopg.Connection[Any], *, tables: Iterable[str] | None = None, batch_size: int = 5000
+    conn: psycopg.Connection[Any], *, tables: Iterable[str] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """``{table: {kind, parent, rows, sha256}}`` for every table and partition of ``public``."""
+    """``{table: {kind, parent, rows, sha256}}`` for every table and partition of ``public``.
+
+    Each table holding rows is read once: a partitioned table's figures are its leaves' sums.
+    """
     wanted = set(tables) if tables is not None else None
     listing = conn.execute(_TABLES_QUERY).fetchall()
     leaf_cache: dict[int, tuple[int, int]] = {}
@@ -128,13 +140,12 @@ def table_digests(
         if relkind == "p":
             rows, digest = 0, 0
             for leaf_oid, schema, leaf in conn.execute(_LEAVES_QUERY, (oid,)).fetchall():
-                leaf_rows, leaf_digest = _leaf_digest(conn, leaf_cache, leaf_oid, schema, leaf,
-                                                      batch_size)
+                leaf_rows, leaf_digest = _leaf_digest(conn, leaf_cache, leaf_oid, schema, leaf)
                 rows += leaf_rows
                 digest = (digest + leaf_digest) % MODULUS
             kind = "partitioned"
         else:
-            rows, digest = _leaf_digest(conn, leaf_cache, oid, "public", name, batch_size)
+            rows, digest = _leaf_digest(conn, leaf_cache, oid, "public", name)
             kind = "partition" if is_partition else "table"
         out[name] = {"kind": kind, "parent": parent, "rows": rows, "sha256": f"{digest:064x}"}
     return out
@@ -146,26 +157,26 @@ def _leaf_digest(
     oid: int,
     schema: str,
     name: str,
-    batch_size: int,
 ) -> tuple[int, int]:
-    """Row count and multiset digest of one table holding rows (computed once per run)."""
+    """Row count and multiset digest of one table holding rows (computed once per call)."""
     if oid not in cache:
-        cache[oid] = _scan(conn, sql.Identifier(schema, name), batch_size)
+        cache[oid] = _scan(conn, sql.Identifier(schema, name))
     return cache[oid]
 
 
-def _scan(conn: psycopg.Connection[Any], table: sql.Composable, batch_size: int) -> tuple[int, int]:
-    """Stream per-row SHA-256 digests through a server-side cursor and sum them."""
-    query = sql.SQL(
-        "SELECT sha256(convert_to(ROW(r.*)::text, 'UTF8')) FROM ONLY {} AS r"
-    ).format(table)
-    rows, total = 0, 0
-    with conn.cursor(name="caracal_fingerprint_scan") as cur:
-        cur.itersize = batch_size
-        cur.execute(query)
-        for (digest,) in cur:
-            rows += 1
-            total += int.from_bytes(digest, "big")
+def _scan(conn: psycopg.Connection[Any], table: sql.Composable) -> tuple[int, int]:
+    """SHA-256 of every ``COPY … TO STDOUT`` line, summed (one streamed read)."""
+    sha256 = hashlib.sha256
+    rows, total, rest = 0, 0, b""
+    with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} TO STDOUT").format(table)) as copy:
+        for chunk in copy:
+            lines = (rest + bytes(chunk)).split(b"\n")
+            rest = lines.pop()
+            rows += len(lines)
+            for line in lines:
+                total += int.from_bytes(sha256(line).digest(), "big")
+    if rest:  # COPY ends every row with a newline; a remainder is not a row
+        raise psycopg.DataError(f"COPY of {table.as_string(conn)} ended inside a row")
     return rows, total % MODULUS
 
 

@@ -501,3 +501,15 @@ def test_list_bundles_in_a_directory(tmp_path: Path) -> None:
     assert [n for n, _ in list_bundles(tmp_path)] == [
         "caracalBackup-20261201T000000Z.tar.gz", "caracalBackup-20261124T061910Z.tar.gz",
     ]
+
+
+def test_a_fingerprint_of_another_format_is_set_aside_for_the_dumps() -> None:
+    """Table digests of an earlier format never compare with this suite's: they are named."""
+    from caracal_restore.bundle import _stale_formats
+    from caracal_restore.fingerprint import FORMAT
+
+    current = {"databases": {"caracal": {"format": FORMAT}, "caracal_auth": None}}
+    older = {"databases": {"caracal": {"format": 1}, "caracal_auth": {"format": FORMAT}}}
+    assert _stale_formats(current) == []
+    assert _stale_formats(None) == []
+    assert _stale_formats(older) == [1]
