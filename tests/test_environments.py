@@ -181,6 +181,29 @@ def test_embedded_object_store_lists_versions_without_keeping_copies() -> None:
     assert grown < 4_000_000, f"listing versions kept {grown} bytes"
 
 
+def test_embedded_object_store_reads_many_objects_over_one_connection() -> None:
+    """get_many answers what boto3's GetObject answers, key by key, and a key that is gone
+    yields its error (NoSuchKey) without stopping the others."""
+    with objectstore.embedded() as srv:
+        store = srv.bucket(f"many-{os.getpid()}-{time.monotonic_ns()}", create=True)
+        blobs = {f"audit/2026/11/24/2026-11-24T{h:02d} x.parquet": os.urandom(3000 + h)
+                 for h in range(24)}
+        for key, data in blobs.items():
+            assert store.put(key, data)
+        keys = [*sorted(blobs), "audit/absent"]
+        got = list(store.get_many(keys))
+        assert [k for k, _ in got] == keys
+        assert {k: v for k, v in got if k in blobs} == blobs
+        assert all(store.get(k) == v for k, v in got[:3])
+        missing = got[-1][1]
+        assert isinstance(missing, OSError) and "404 NoSuchKey" in str(missing)
+        assert "testing" not in repr(store)
+    # The routing patch left moto's service list intact (what the dispatcher matches on).
+    from moto import backends
+
+    assert "s3" in backends.list_of_moto_modules()
+
+
 PLAIN_MOTO_PROBE = """
 import boto3, json
 from moto import mock_aws

@@ -11,11 +11,11 @@ from PostgreSQL is still in the archive; and no key has a second version.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import datetime as dt
+import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -46,51 +46,60 @@ WATERMARK_TABLE = "audit_export_watermark"
 # ------------------------------------------------------------------------------ reading
 
 
-class _Prefetching:
-    """An ObjectStore view that fetches the next objects of a listing concurrently.
+class _ReadAhead:
+    """An ObjectStore view whose ``get_many`` is fed by a thread running ahead of the reader.
 
-    ``read_archive`` lists once and then gets the objects in order; this view keeps at most
-    ``window`` fetches in flight ahead of the reader, so memory stays bounded.
+    ``read_archive`` lists once and then reads the objects in order; a thread fetches them
+    (``get_many``: one kept-alive connection) while the reader parses the ones already here,
+    and at most ``window`` fetched objects wait in memory.
     """
 
-    def __init__(self, store: ObjectStore, workers: int, window: int) -> None:
+    def __init__(self, store: ObjectStore, window: int) -> None:
         self._store = store
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "archive-read")
         self._window = window
-        self._order: list[str] = []
-        self._next = 0
-        self._pending: dict[str, concurrent.futures.Future[bytes]] = {}
-        self._lock = threading.Lock()
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        infos = self._store.list(prefix)
-        self._order = [i.key for i in infos]
-        return infos
+        return self._store.list(prefix)
 
-    def get(self, key: str) -> bytes:
-        with self._lock:
-            while self._next < len(self._order) and len(self._pending) < self._window:
-                k = self._order[self._next]
-                self._next += 1
-                self._pending[k] = self._pool.submit(self._store.get, k)
-            future = self._pending.pop(key, None)
-        if future is None:
-            return self._store.get(key)
-        return future.result()
+    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | OSError]]:
+        done = object()
+        ahead: queue.Queue[Any] = queue.Queue(maxsize=self._window)
+        stop = threading.Event()
 
-    def close(self) -> None:
-        for future in self._pending.values():
-            future.cancel()
-        self._pool.shutdown(wait=True)
+        def offer(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def fetch() -> None:
+            try:
+                for item in self._store.get_many(keys):
+                    if not offer(item):
+                        return
+            except BaseException as exc:  # handed to the reader, raised there
+                offer(exc)
+                return
+            offer(done)
+
+        worker = threading.Thread(target=fetch, name="archive-read", daemon=True)
+        worker.start()
+        try:
+            while (item := ahead.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join(timeout=30)
 
 
-def read_index(store: ObjectStore, *, workers: int = 8, window: int = 64) -> ArchiveIndex:
-    """``read_archive`` with concurrent fetches (the archive can hold thousands of objects)."""
-    view = _Prefetching(store, workers, window)
-    try:
-        return read_archive(view)  # type: ignore[arg-type]
-    finally:
-        view.close()
+def read_index(store: ObjectStore, *, window: int = 64) -> ArchiveIndex:
+    """``read_archive`` with the objects fetched ahead of parsing (thousands of them)."""
+    return read_archive(_ReadAhead(store, window))  # type: ignore[arg-type]
 
 
 def read_watermark(conn: psycopg.Connection[Any], name: str = WATERMARK_NAME
