@@ -28,6 +28,7 @@ from caracal_restore.environments.base import PgEndpoint
 from caracal_restore.environments.secretstore import DirSecretStore
 from caracal_restore.environments.stack import IsolatedStack
 from caracal_restore.errors import SuiteError
+from caracal_restore.inspect import scan_ahead
 from caracal_restore.profiles.registry import detect_release
 from caracal_restore.redact import REDACTOR
 from caracal_restore.restore import RestoredEnvironment, restore_bundle
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 ARCHIVE_BUCKET = "caracal-audit-archive"
 BACKUP_BUCKET = "caracal-backups"
 PHASES = ("source", "backup", "restore", "release", "services")
-#: How long the end of the pipeline waits for the background reading of the archive (the
-#: checks read the archive themselves when it is not complete by then).
+#: How long the end of the pipeline waits for each background reading (of the archive, and the
+#: bundle's secret search); the checks make it themselves when it is not complete by then.
 ARCHIVE_READ_TIMEOUT = 1800.0
 
 
@@ -115,6 +116,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
         opened: bundles.Bundle | None = None
         restored: RestoredEnvironment | None = None
         archive_reading: prefetch.Prefetch | None = None
+        scanning: scan_ahead.ScanAhead | None = None
         release = spec.release
         services = ServicesInfo(mode=spec.services)
         basis = "internal consistency"
@@ -155,6 +157,12 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
                     tools=stack.pg.tools,
                 )
                 basis = "fingerprint" if opened.fingerprint else "internal consistency"
+                if source_secrets:
+                    # The opened bundle no longer changes: search it while it is restored.
+                    scanning = scan_ahead.start(opened.root, source_secrets,
+                                                stack.pg.tools.path("pg_restore"),
+                                                work / "secret-scan")
+                    exits.callback(scanning.stop)
         with phases.phase("restore") as ok:
             if ok:
                 assert opened is not None
@@ -175,6 +183,9 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
         archive_cache = None
         if archive_reading is not None and archive_reading.wait(timeout=ARCHIVE_READ_TIMEOUT):
             archive_cache = str(archive_reading.folder)
+        secret_scan = None
+        if scanning is not None and scanning.wait(timeout=ARCHIVE_READ_TIMEOUT):
+            secret_scan = str(scanning.folder)
         yield RunState(
             release=release,
             source_kind=spec.source,
@@ -190,6 +201,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             restored_at=restored.restored_at.isoformat() if restored else None,
             archive_bucket=archive_bucket,
             archive_cache=archive_cache,
+            secret_scan=secret_scan,
             canary=canary,
             services=services,
             live_source_db=live_source,

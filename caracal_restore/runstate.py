@@ -88,6 +88,10 @@ class RunState:
     #: A complete reading of ``archive_bucket`` the run made in the background
     #: (``retention.prefetch``): the check processes load it instead of reading the archive.
     archive_cache: str | None = None
+    #: A complete search of the opened bundle for the source's secrets that the run made while
+    #: it restored (``inspect.scan_ahead``): the check processes load it when it searched for
+    #: exactly the secrets they read back.
+    secret_scan: str | None = None
     reference: dict[str, Any] | None = None
     #: Phase name -> why it failed; checks depending on it are reported broken with this text.
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -127,6 +131,7 @@ class RunState:
             reference=data["reference"],
             archive_location=data.get("archive_location"),
             archive_cache=data.get("archive_cache"),
+            secret_scan=data.get("secret_scan"),
             errors=data["errors"],
         )
 

@@ -210,10 +210,9 @@ def _redis_chunks(client: Any) -> Iterator[bytes]:
         yield b"\n".join(parts) + b"\n"
 
 
-def scan_bundle_for_secrets(root: Path, secrets: Mapping[str, str], *,
-                            pg_restore: Path | None = None, redis_client: Any = None
-                            ) -> LeakScan:
-    """Search every file of an extracted bundle (dumps also decoded) for every secret."""
+def scan_bundle_files(root: Path, secrets: Mapping[str, str], *,
+                      pg_restore: Path | None = None) -> LeakScan:
+    """Search every file of an extracted bundle (its dumps also rendered to SQL)."""
     needles = secret_needles(secrets)
     found: dict[tuple[str, str], Leak] = {}
     sources, total = [], 0
@@ -229,12 +228,43 @@ def scan_bundle_for_secrets(root: Path, secrets: Mapping[str, str], *,
                 where = f"{rel} (as SQL, via pg_restore)"
                 total += scan_stream(_dump_chunks(path, pg_restore), needles, where, found)
                 sources.append(where)
+    return _leak_scan(sources, total, needles, secrets, found.values())
+
+
+def scan_redis_keyspace(client: Any, secrets: Mapping[str, str]) -> LeakScan:
+    """Search the keyspace of the Redis restored from the bundle's AOF."""
+    needles = secret_needles(secrets)
+    found: dict[tuple[str, str], Leak] = {}
+    where = "redis/appendonlydir (its keyspace, read from the Redis restored from it)"
+    total = scan_stream(_redis_chunks(client), needles, where, found)
+    return _leak_scan([where], total, needles, secrets, found.values())
+
+
+def combine_scans(*scans: LeakScan) -> LeakScan:
+    """One scan of everything several scans (of the same secrets) searched."""
+    leaks = {(leak.where, leak.secret): leak for scan in scans for leak in scan.leaks}
+    return LeakScan(tuple(s for scan in scans for s in scan.sources),
+                    sum(scan.bytes_scanned for scan in scans),
+                    max((scan.needles for scan in scans), default=0),
+                    scans[0].secrets if scans else (),
+                    tuple(sorted(leaks.values(), key=lambda x: (x.where, x.secret))))
+
+
+def scan_bundle_for_secrets(root: Path, secrets: Mapping[str, str], *,
+                            pg_restore: Path | None = None, redis_client: Any = None
+                            ) -> LeakScan:
+    """Search every file of an extracted bundle (dumps also decoded) for every secret, and the
+    keyspace of the Redis restored from it when ``redis_client`` is given."""
+    scans = [scan_bundle_files(root, secrets, pg_restore=pg_restore)]
     if redis_client is not None:
-        where = "redis/appendonlydir (its keyspace, read from the Redis restored from it)"
-        total += scan_stream(_redis_chunks(redis_client), needles, where, found)
-        sources.append(where)
+        scans.append(scan_redis_keyspace(redis_client, secrets))
+    return combine_scans(*scans)
+
+
+def _leak_scan(sources: Sequence[str], total: int, needles: Sequence[Needle],
+               secrets: Mapping[str, str], leaks: Iterable[Leak]) -> LeakScan:
     return LeakScan(tuple(sources), total, len(needles), tuple(sorted(secrets)),
-                    tuple(sorted(found.values(), key=lambda x: (x.where, x.secret))))
+                    tuple(sorted(leaks, key=lambda x: (x.where, x.secret))))
 
 
 # -------------------------------------------------------------------------- replay files

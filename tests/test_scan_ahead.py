@@ -1,0 +1,31 @@
+"""The run's background secret search of a bundle is used only for the same bundle and secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from caracal_restore.inspect import scan_ahead
+from caracal_restore.inspect.assets import scan_bundle_files
+
+
+def test_background_search_finds_what_a_search_in_place_finds(tmp_path: Path) -> None:
+    root = tmp_path / "caracalBackup-20261124T120000Z"
+    (root / "postgres").mkdir(parents=True)
+    secrets = {"auditHmacKey": "ab" * 32, "redisPassword": "s3cr3t-redis-password-value"}
+    (root / "manifest.txt").write_text("version: 1\n")
+    (root / "postgres" / "globals.sql").write_text(f"-- leaked {'AB' * 32}\n")
+    search = scan_ahead.start(root, secrets, None, tmp_path / "scan")
+    assert search.wait(timeout=120)
+    record = (tmp_path / "scan" / scan_ahead.RECORD).read_text()
+    assert all(value not in record and value.upper() not in record
+               for value in secrets.values()), "the record holds a secret value"
+
+    loaded = scan_ahead.load(tmp_path / "scan", root, secrets)
+    assert loaded == scan_bundle_files(root, secrets)
+    assert [(leak.secret, leak.where) for leak in loaded.leaks] == [
+        ("auditHmacKey", "postgres/globals.sql")]
+    # Another set of secrets, another bundle, or no reading: the checks search themselves.
+    assert scan_ahead.load(tmp_path / "scan", root, {**secrets, "redisPassword": "x" * 20}) is None
+    assert scan_ahead.load(tmp_path / "scan", tmp_path, secrets) is None
+    assert scan_ahead.load(tmp_path / "absent", root, secrets) is None
+    assert scan_ahead.load(None, root, secrets) is None
