@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from caracal_restore.chainhash import chain_hmac, chain_hmac_bytes
@@ -163,23 +164,14 @@ class ArchiveIndex:
     def save(self, folder: Path) -> None:
         """Write the index to ``folder`` (Arrow IPC rows + JSON), for ``load`` in another
         process: the archive is read once per run, not once per check process."""
-        folder.mkdir(parents=True, exist_ok=True)
         pairs = list(self.rows.items()) + self.duplicate_rows
         table = pa.table({
-            "zone_id": [z for (z, _), _r in pairs],
+            "zone_id": pa.array([z for (z, _), _r in pairs], pa.string()),
             "chain_seq": pa.array([q for (_, q), _r in pairs], pa.int64()),
-            **{name: [getattr(r, name) for _i, r in pairs] for name in _ROW_FIELDS},
+            **{name: pa.array([getattr(r, name) for _i, r in pairs], kind)
+               for name, kind in _SAVED_ROW_TYPES},
         })
-        with pa.OSFile(str(folder / "rows.arrow"), "wb") as sink, \
-                pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=65536)
-        meta = {
-            "rows": len(self.rows),
-            "objects": [[o.key, o.hour.isoformat() if o.hour else None, o.size, o.versions,
-                         o.rows, [list(c) for c in o.schema]] for o in self.objects],
-            "problems": self.problems,
-        }
-        (folder / "index.json").write_text(json.dumps(meta), encoding="utf-8")
+        save_rows(folder, self.objects, self.problems, table)
 
     @staticmethod
     def load_objects(folder: Path) -> list[ArchiveObject]:
@@ -225,6 +217,96 @@ def _saved_objects(meta: dict[str, Any]) -> list[ArchiveObject]:
             for key, hour, size, versions, rows, schema in meta["objects"]]
 
 
+_SAVED_ROW_TYPES = (("event_id", pa.string()), ("content_sha256", pa.string()),
+                    ("chain_hmac", pa.string()), ("time_ms", pa.int64()),
+                    ("decision", pa.string()), ("event_type", pa.string()),
+                    ("request_id", pa.string()), ("key", pa.string()))
+assert tuple(name for name, _ in _SAVED_ROW_TYPES) == _ROW_FIELDS
+
+
+def save_rows(folder: Path, objects: list[ArchiveObject], problems: list[str],
+              table: pa.Table) -> int:
+    """Write an index's rows (``zone_id``, ``chain_seq`` and ``ArchiveRow``'s fields, first
+    copies before later ones) and its objects and problems, for ``ArchiveIndex.load``; returns
+    the number of distinct (zone, chain_seq) positions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(folder / "rows.arrow"), "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=65536)
+    positions = (table.group_by(["zone_id", "chain_seq"]).aggregate([]).num_rows
+                 if table.num_rows else 0)
+    meta = {
+        "rows": positions,
+        "objects": [[o.key, o.hour.isoformat() if o.hour else None, o.size, o.versions,
+                     o.rows, [list(c) for c in o.schema]] for o in objects],
+        "problems": problems,
+    }
+    (folder / "index.json").write_text(json.dumps(meta), encoding="utf-8")
+    return positions
+
+
+def read_archive_rows(store: ObjectStore, *, prefix: str = PREFIX
+                      ) -> tuple[list[ArchiveObject], list[str], pa.Table]:
+    """``read_archive`` without building a Python object per row: its objects, problems and
+    rows as one Arrow table in ``save_rows``' layout (what the run's background reading saves).
+
+    An object of exactly the export schema has its rows taken column by column; any other is
+    read by ``read_archive``'s own row-by-row code, so both readings agree on every object.
+    """
+    objects: list[ArchiveObject] = []
+    problems: list[str] = []
+    parts: list[pa.Table] = []
+    listed = store.list(prefix)
+    for info, (key, data) in zip(listed, store.get_many(i.key for i in listed), strict=True):
+        assert key == info.key
+        hour = hour_of_key(info.key)
+        if hour is None:
+            problems.append(
+                f"{info.key}: key is not audit/<YYYY>/<MM>/<DD>/<YYYY-MM-DD>T<HH>.parquet"
+            )
+        try:
+            if isinstance(data, OSError):
+                raise data
+            schema, count, part = _object_rows(data, info.key, problems)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            problems.append(f"{info.key}: not a readable Parquet object ({exc})")
+            schema, count, part = (), 0, None
+        obj = ArchiveObject(info.key, hour, info.size, info.versions, count, schema)
+        if schema and not obj.schema_ok:
+            problems.append(f"{info.key}: schema {list(schema)} is not the export schema")
+        objects.append(obj)
+        if part is not None and part.num_rows:
+            parts.append(part)
+    schema = pa.schema([("zone_id", pa.string()), ("chain_seq", pa.int64()),
+                        *_SAVED_ROW_TYPES])
+    table = pa.concat_tables(parts) if parts else schema.empty_table()
+    return objects, problems, table
+
+
+def _object_rows(data: bytes, key: str, problems: list[str]
+                 ) -> tuple[tuple[tuple[str, str], ...], int, pa.Table | None]:
+    """One object's schema signature, row count and rows (``save_rows`` layout)."""
+    parquet = pq.ParquetFile(pa.BufferReader(data))
+    schema = schema_signature(parquet.schema_arrow)
+    table = parquet.read(columns=list(_READ)) if schema == EXPECTED_SIGNATURE else None
+    if table is None or any(table.column(n).null_count for n in ("zone_id", "chain_seq", "time")):
+        # The row-by-row reader decides what such an object holds (and how it fails).
+        schema, count, rows = _object_row_list(data, key, problems)
+        return schema, count, pa.table({
+            "zone_id": pa.array([z for (z, _), _r in rows], pa.string()),
+            "chain_seq": pa.array([q for (_, q), _r in rows], pa.int64()),
+            **{name: pa.array([getattr(r, name) for _i, r in rows], kind)
+               for name, kind in _SAVED_ROW_TYPES}})
+    text = {name: pc.fill_null(table.column(name), "")
+            for name in ("event_id", "content_sha256", "chain_hmac", "decision", "event_type",
+                         "request_id")}
+    return schema, table.num_rows, pa.table({
+        "zone_id": table.column("zone_id"), "chain_seq": table.column("chain_seq"),
+        **text, "time_ms": table.column("time"),
+        "key": pa.array([key] * table.num_rows, pa.string()),
+    }).select(["zone_id", "chain_seq", *_ROW_FIELDS])
+
+
 def read_archive(store: ObjectStore, *, prefix: str = PREFIX) -> ArchiveIndex:
     """Read every object under ``prefix``, in key order, into an index of its rows."""
     index = ArchiveIndex()
@@ -254,22 +336,32 @@ def _read_object(
     data: bytes, key: str, index: ArchiveIndex
 ) -> tuple[tuple[tuple[str, str], ...], int]:
     """Add one object's rows to the index; return its schema signature and row count."""
+    schema, count, rows = _object_row_list(data, key, index.problems)
+    for ident, row in rows:
+        _add(index, ident, row)
+    return schema, count
+
+
+def _object_row_list(
+    data: bytes, key: str, problems: list[str]
+) -> tuple[tuple[tuple[str, str], ...], int, list[tuple[tuple[str, int], ArchiveRow]]]:
+    """One object's schema signature, row count and rows in the object's order."""
     parquet = pq.ParquetFile(pa.BufferReader(data))
     schema = schema_signature(parquet.schema_arrow)
     names = {name for name, _ in schema}
     missing = [c for c in _READ if c not in names]
     if missing:
-        index.problems.append(f"{key}: missing columns {missing}")
-        return schema, parquet.metadata.num_rows
+        problems.append(f"{key}: missing columns {missing}")
+        return schema, parquet.metadata.num_rows, []
     table = parquet.read(columns=list(_READ))
     columns = [table.column(name).to_pylist() for name in _READ]
-    for zone, seq, event_id, content, mac, time_ms, decision, event_type, request_id in zip(
-            *columns, strict=True):
-        _add(index, (str(zone), int(seq)), ArchiveRow(
+    rows = [((str(zone), int(seq)), ArchiveRow(
             event_id=event_id or "", content_sha256=content or "", chain_hmac=mac or "",
             time_ms=int(time_ms), decision=decision or "", event_type=event_type or "",
             request_id=request_id or "", key=key))
-    return schema, table.num_rows
+            for zone, seq, event_id, content, mac, time_ms, decision, event_type, request_id
+            in zip(*columns, strict=True)]
+    return schema, table.num_rows, rows
 
 
 def _add(index: ArchiveIndex, ident: tuple[str, int], row: ArchiveRow) -> None:

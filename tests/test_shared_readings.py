@@ -127,3 +127,76 @@ def test_a_shared_reading_is_made_once_per_run(pytester: pytest.Pytester,
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
     result.assert_outcomes(passed=8)
     assert len(log.read_text().split()) == 1, log.read_text()
+
+
+COLLECTOR = '''
+import json, os
+
+def pytest_collection_finish(session):
+    with open(os.environ["CARACAL_TEST_COLLECTED"], "w") as out:
+        json.dump({i.nodeid: list(i.fixturenames) for i in session.items}, out)
+'''
+
+
+def test_every_check_reading_the_archive_index_is_scheduled_with_the_others(
+        tmp_path: Path) -> None:
+    """The archive index is loaded by one worker only if every check that needs it (directly or
+    through the chain verification) is in ``ARCHIVE_READERS``; the others run one by one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fixtures.shared import ARCHIVE_READERS, ARCHIVE_SCOPE, scope_of
+
+    (tmp_path / "collector.py").write_text(COLLECTOR)
+    out = tmp_path / "collected.json"
+    env = {**os.environ, "CARACAL_TEST_COLLECTED": str(out),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-m", "pytest", "checks", "--collect-only", "-q",
+                    "-p", "collector", "-p", "no:cacheprovider"],
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    collected: dict[str, list[str]] = json.loads(out.read_text())
+    readers = {n for n, names in collected.items()
+               if {"archive_index", "audit_archive", "chain_diagnosis"} & set(names)}
+    assert len(readers) >= 6, sorted(readers)
+    assert {n for n in readers if scope_of(n) != ARCHIVE_SCOPE} == set()
+    assert all((REPO / module).is_file() for module in ARCHIVE_READERS)
+    others = [n for n in collected if n not in readers and scope_of(n) != ARCHIVE_SCOPE]
+    assert others and all(scope_of(n) == n for n in others)
+
+
+def test_columnar_reading_equals_row_reading_on_odd_objects(tmp_path: Path) -> None:
+    """The run's columnar reading saves exactly what the row-by-row reader finds, also for an
+    object of another schema (read row by row) holding duplicates, and for null text values."""
+    from caracal_restore.parquet_export import read_archive, read_archive_rows, save_rows
+
+    store = objectstore.DirStore(tmp_path / "store")
+    _fill(store)
+    odd = pa.table({**{name: pa.array([], kind) for name, kind in COLUMNS},
+                    "extra": pa.array([], pa.string())})
+    rows = [("z1", 5), ("z1", 5), ("z1", 1), ("z3", 1)]
+    odd = pa.table({name: pa.array([zone if name == "zone_id" else seq if name == "chain_seq"
+                                    else (seq if pa.types.is_integer(odd.schema.field(name).type)
+                                          else f"{name}-{zone}-{seq}")
+                                    for zone, seq in rows], odd.schema.field(name).type)
+                    for name in odd.schema.names})
+    out = io.BytesIO()
+    pq.write_table(odd, out)
+    store.put(object_key(HOUR + dt.timedelta(hours=2)), out.getvalue())
+    nulls = pa.table({name: pa.array([None if name == "event_id" else
+                                      ("z4" if name == "zone_id" else
+                                       (7 if pa.types.is_integer(kind) else "x"))], kind)
+                      for name, kind in COLUMNS})
+    out = io.BytesIO()
+    pq.write_table(nulls, out)
+    store.put(object_key(HOUR + dt.timedelta(hours=3)), out.getvalue())
+
+    objects, problems, table = read_archive_rows(store)
+    positions = save_rows(tmp_path / "saved", objects, problems, table)
+    direct = read_archive(store)
+    assert positions == len(direct.rows)
+    assert any("is not the export schema" in p for p in direct.problems)
+    assert len(direct.duplicate_rows) == 3
+    assert direct.rows[("z4", 7)].event_id == ""
+    _same(ArchiveIndex.load(tmp_path / "saved"), direct)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 from caracal_restore import fingerprint as fp
@@ -26,8 +27,10 @@ from caracal_restore.environments.objectstore import ObjectInfo, ObjectStore
 from caracal_restore.parquet_export import (
     WATERMARK_NAME,
     ArchiveIndex,
+    ArchiveObject,
     object_key,
     read_archive,
+    read_archive_rows,
     verify_archive_chain,
 )
 from caracal_restore.retention.audit import ChainHoles
@@ -100,6 +103,12 @@ class _ReadAhead:
 def read_index(store: ObjectStore, *, window: int = 64) -> ArchiveIndex:
     """``read_archive`` with the objects fetched ahead of parsing (thousands of them)."""
     return read_archive(_ReadAhead(store, window))  # type: ignore[arg-type]
+
+
+def read_index_rows(store: ObjectStore, *, window: int = 64
+                    ) -> tuple[list[ArchiveObject], list[str], pa.Table]:
+    """``read_archive_rows`` (the columnar reading a run saves) with the same read-ahead."""
+    return read_archive_rows(_ReadAhead(store, window))  # type: ignore[arg-type]
 
 
 def read_watermark(conn: psycopg.Connection[Any], name: str = WATERMARK_NAME

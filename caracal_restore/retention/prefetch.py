@@ -1,11 +1,12 @@
 """Read the audit export archive once per run, while the backup and restore are under way.
 
 The archive is the source's, independent of the bundle, so a run can read it in the background
-from the moment it knows the bucket: a child process (its own interpreter, so the pipeline's
-work is not slowed by it) lists and reads every object with ``read_index`` and writes the
-index with ``ArchiveIndex.save``. The check processes then load that one reading instead of
-fetching thousands of objects each; a run whose prefetch failed or is absent reads the archive
-itself (``fixtures/retention.py``), so the verdicts never depend on the prefetch, only the time.
+from the moment it knows the bucket: a child process (its own interpreter, at a lower priority
+than the backup and restore beside it) lists and reads every object with ``read_index_rows``
+(columns, no Python object per row) and writes the index with ``save_rows``. The check
+processes then load that one reading instead of fetching thousands of objects each; a run
+whose prefetch failed or is absent reads the archive itself (``fixtures/retention.py``), so the
+verdicts never depend on the prefetch, only the time.
 
 The object store's location and credentials reach the child through its environment (never its
 command line, which other users of the machine can read).
@@ -25,6 +26,8 @@ from typing import Any
 from caracal_restore.environments.objectstore import ObjectStoreServer
 
 ENV = "CARACAL_RESTORE_PREFETCH_STORE"
+#: Niceness of the background readings (they use what the backup and restore leave idle).
+BACKGROUND_NICENESS = 10
 #: Written next to the index once it is complete (what was read, where, and how long it took).
 DONE = "done.json"
 
@@ -86,17 +89,20 @@ def completed(folder: Path, bucket: str) -> dict[str, Any] | None:
 
 def main() -> int:
     """Child process: read the bucket named in the environment, save its index."""
-    from caracal_restore.retention.exports import read_index
+    from caracal_restore.parquet_export import save_rows
+    from caracal_restore.retention.exports import read_index_rows
 
     spec = json.loads(os.environ.pop(ENV))
+    # Background work: the backup and restore it runs beside come first for the CPU.
+    os.nice(BACKGROUND_NICENESS)
     server = ObjectStoreServer(
         spec["provider"], spec["substrate"], spec["endpoint_url"], spec["access_key"],
         spec["secret_key"], Path(spec["root"]) if spec["root"] else None)
     folder = Path(spec["folder"])
     started = time.time()
-    index = read_index(server.bucket(spec["bucket"]))
-    index.save(folder)
-    record = {"bucket": spec["bucket"], "objects": len(index.objects), "rows": len(index.rows),
+    objects, problems, rows = read_index_rows(server.bucket(spec["bucket"]))
+    positions = save_rows(folder, objects, problems, rows)
+    record = {"bucket": spec["bucket"], "objects": len(objects), "rows": positions,
               "started_at": started, "seconds": round(time.time() - started, 3)}
     (folder / DONE).write_text(json.dumps(record), encoding="utf-8")
     return 0
