@@ -113,6 +113,9 @@ def restore_database(target: PostgresServer, logical: str, dump: Path, owner: st
         )
     except RuntimeError as exc:
         raise RestoreFailed(f"database {logical!r}: {exc}") from None
+    # Statistics for the planner: pg_restore leaves none, and the checks read every table.
+    with target.connect(endpoint.dbname) as conn:
+        conn.execute("ANALYZE")
     return endpoint
 
 

@@ -189,6 +189,9 @@ def embedded(
         options = (
             f"-c listen_addresses={LOOPBACK} -p {port} -c unix_socket_directories={base}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            # Short-lived servers: no background vacuum competing with the run for the CPU
+            # (a restore runs ANALYZE itself, as PostgreSQL's documentation advises).
+            " -c autovacuum=off"
             " -c max_connections=200 -c timezone=UTC"
         )
         run_tool(
@@ -287,7 +290,7 @@ def docker(*, image: str = "postgres:18", min_major: int = 18) -> Iterator[Postg
     container = PostgresContainer(image, username="postgres", password=password, dbname="postgres")
     # docker-py binds (ip, port) tuples; the stub only knows a port: loopback only, on purpose.
     container.with_bind_ports(5432, (LOOPBACK, port))  # type: ignore[arg-type]
-    container.with_command("postgres -c fsync=off -c timezone=UTC")
+    container.with_command("postgres -c fsync=off -c autovacuum=off -c timezone=UTC")
     container.with_env("POSTGRES_INITDB_ARGS", "--data-checksums --auth-host=scram-sha-256")
     tools = find_client_tools(min_major=min_major)
     with container:

@@ -25,7 +25,7 @@ import redis as redis_lib
 from psycopg import sql
 
 from caracal_restore import envelope
-from caracal_restore.chainhash import chain_hmac, producer_signature, stream_signature
+from caracal_restore.chainhash import chain_hmac_bytes, producer_signature, stream_signature
 from caracal_restore.profiles import Profile, SealedSpec
 from caracal_restore.redact import REDACTOR
 
@@ -277,27 +277,36 @@ def parse_hex_key(value: str) -> bytes:
         raise ValueError("is not hex") from None
 
 
-def verify_chain_hmacs(conn: Conn, table: str, key: bytes, *, batch: int = 5000
-                       ) -> SignatureResult:
-    """Recompute ``chain_hmac`` = HMAC(content_sha256 | prev) of every signed row (§4.5)."""
+def verify_chain_hmacs(conn: Conn, table: str, key: bytes) -> SignatureResult:
+    """Recompute ``chain_hmac`` = HMAC(content_sha256 | prev) of every signed row (§4.5).
+
+    The rows are streamed with COPY (text): the hashed fields are hex (or empty), which COPY
+    never escapes, so each line's fields are the stored values as they are.
+    """
     unsigned = _one(conn, sql.SQL(
         "SELECT count(*) FROM {} WHERE chain_hmac IS NULL OR chain_hmac = ''").format(
         sql.Identifier("public", table)))
     signed = verified = 0
     examples: list[str] = []
+    mac = chain_hmac_bytes(key)
     query = sql.SQL(
-        "SELECT zone_id, chain_seq, id::text, content_sha256, prev_content_sha256, chain_hmac"
-        " FROM {} WHERE chain_hmac IS NOT NULL AND chain_hmac <> ''"
+        "COPY (SELECT COALESCE(content_sha256, ''), COALESCE(prev_content_sha256, ''),"
+        " chain_hmac, zone_id, chain_seq, id::text"
+        " FROM {} WHERE chain_hmac IS NOT NULL AND chain_hmac <> '') TO STDOUT"
     ).format(sql.Identifier("public", table))
-    with conn.transaction(), conn.cursor(name=f"caracal_hmac_{table}") as cur:
-        cur.itersize = batch
-        cur.execute(query)
-        for zone, seq, ident, content, prev, stored in cur:
-            signed += 1
-            if hmac.compare_digest(chain_hmac(key, content or "", prev), stored):
-                verified += 1
-            elif len(examples) < EXAMPLES:
-                examples.append(f"{table} zone {zone} chain_seq {seq} (id {ident})")
+    with conn.cursor() as cur, cur.copy(query) as copy:
+        rest = b""
+        for chunk in copy:
+            lines = (rest + bytes(chunk)).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                content, prev, stored, where = line.split(b"\t", 3)
+                signed += 1
+                if hmac.compare_digest(mac(content, prev), stored):
+                    verified += 1
+                elif len(examples) < EXAMPLES:
+                    zone, seq, ident = where.decode("utf-8", "backslashreplace").split("\t")
+                    examples.append(f"{table} zone {zone} chain_seq {seq} (id {ident})")
     return SignatureResult(table, signed, verified, unsigned, tuple(examples), signed - verified)
 
 
