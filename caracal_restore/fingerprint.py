@@ -31,6 +31,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from caracal_restore.pgcopy import copy_line_batches
+
 FORMAT = 2
 MODULUS = 2**256
 #: Files of a bundle that the ``files`` map does not cover (it lives inside one of them).
@@ -44,6 +46,7 @@ RELEASE_TABLES: Mapping[str, tuple[str, str]] = {
 
 # Output settings the row text depends on, pinned for the fingerprint's transaction only.
 _PINNED_SETTINGS = (
+    ("client_encoding", "UTF8"),  # COPY sends its text in the client encoding
     ("TimeZone", "UTC"),
     ("DateStyle", "ISO, MDY"),
     ("IntervalStyle", "postgres"),
@@ -167,16 +170,11 @@ def _leaf_digest(
 def _scan(conn: psycopg.Connection[Any], table: sql.Composable) -> tuple[int, int]:
     """SHA-256 of every ``COPY … TO STDOUT`` line, summed (one streamed read)."""
     sha256 = hashlib.sha256
-    rows, total, rest = 0, 0, b""
-    with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} TO STDOUT").format(table)) as copy:
-        for chunk in copy:
-            lines = (rest + bytes(chunk)).split(b"\n")
-            rest = lines.pop()
-            rows += len(lines)
-            for line in lines:
-                total += int.from_bytes(sha256(line).digest(), "big")
-    if rest:  # COPY ends every row with a newline; a remainder is not a row
-        raise psycopg.DataError(f"COPY of {table.as_string(conn)} ended inside a row")
+    rows, total = 0, 0
+    for lines in copy_line_batches(conn, sql.SQL("COPY {} TO STDOUT").format(table)):
+        rows += len(lines)
+        for line in lines:
+            total += int.from_bytes(sha256(line).digest(), "big")
     return rows, total % MODULUS
 
 

@@ -196,7 +196,8 @@ def test_embedded_object_store_reads_many_objects_over_one_connection() -> None:
         assert {k: v for k, v in got if k in blobs} == blobs
         assert all(store.get(k) == v for k, v in got[:3])
         missing = got[-1][1]
-        assert isinstance(missing, OSError) and "404 NoSuchKey" in str(missing)
+        assert isinstance(missing, OSError)
+        assert "404 NoSuchKey" in str(missing)
         assert "testing" not in repr(store)
     # The routing patch left moto's service list intact (what the dispatcher matches on).
     from moto import backends

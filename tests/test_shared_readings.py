@@ -163,7 +163,8 @@ def test_every_check_reading_the_archive_index_is_scheduled_with_the_others(
     assert {n for n in readers if scope_of(n) != ARCHIVE_SCOPE} == set()
     assert all((REPO / module).is_file() for module in ARCHIVE_READERS)
     others = [n for n in collected if n not in readers and scope_of(n) != ARCHIVE_SCOPE]
-    assert others and all(scope_of(n) == n for n in others)
+    assert others
+    assert all(scope_of(n) == n for n in others)
 
 
 def test_columnar_reading_equals_row_reading_on_odd_objects(tmp_path: Path) -> None:

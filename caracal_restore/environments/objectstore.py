@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
 import secrets
 import shutil
 import tempfile
@@ -455,23 +454,6 @@ def list_versions_without_copying_data() -> None:
     FakeKey._caracal_light_copy = True  # type: ignore[attr-defined]
 
 
-#: Niceness of the embedded object store's serving thread (Linux: niceness is per thread).
-SERVER_NICENESS = 5
-
-
-def _serve_in_background(server: Any) -> None:
-    """Lower the priority of the thread serving the embedded store (and of the threads it
-    starts, one per request, which inherit it): a run reads the archive's thousands of objects
-    in the background, and the database's restore beside it comes first for the CPU."""
-    thread = getattr(server, "_thread", None)
-    native_id = getattr(thread, "native_id", None)
-    if native_id is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, native_id,
-                       os.getpriority(os.PRIO_PROCESS, native_id) + SERVER_NICENESS)
-
-
 @contextlib.contextmanager
 def embedded() -> Iterator[ObjectStoreServer]:
     """A moto S3 server on 127.0.0.1 that enforces COMPLIANCE retention like S3 does.
@@ -488,7 +470,6 @@ def embedded() -> Iterator[ObjectStoreServer]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
     server.start()
-    _serve_in_background(server)
     url = f"http://{LOOPBACK}:{port}"
     with supervised(f"moto S3 server on {url}", server.stop):
         import httpx

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from caracal_restore import fingerprint as fp
 from caracal_restore.parquet_export import WATERMARK_NAME, ArchiveIndex, object_key
+from caracal_restore.pgcopy import copy_line_batches
 from caracal_restore.replay_files import ReplayEvent, parse_replay_dir
 from caracal_restore.waiting import WaitTimeout, until
 
@@ -507,28 +508,15 @@ def rows_by_export_hour(conn: Conn) -> tuple[dt.datetime | None, dict[dt.datetim
     watermark: dt.datetime = row[0].astimezone(dt.UTC)
     # Streamed with COPY as (UTC hour as seconds since the epoch, id): a million rows.
     by_epoch: dict[bytes, set[str]] = {}
-    end = (watermark + dt.timedelta(hours=1)).isoformat()
     query = ("COPY (SELECT extract(epoch FROM date_trunc('hour', ingested_at AT TIME ZONE 'UTC'))"
-             "::bigint, id::text FROM audit_events WHERE ingested_at < "
-             f"{_sql_literal(conn, end)}::timestamptz) TO STDOUT")
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        rest = b""
-        for chunk in copy:
-            lines = (rest + bytes(chunk)).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                epoch, _, ident = line.partition(b"\t")
-                by_epoch.setdefault(epoch, set()).add(ident.decode())
+             "::bigint, id::text FROM audit_events WHERE ingested_at < %s) TO STDOUT")
+    for lines in copy_line_batches(conn, query, (watermark + dt.timedelta(hours=1),)):
+        for line in lines:
+            epoch, _, ident = line.partition(b"\t")
+            by_epoch.setdefault(epoch, set()).add(ident.decode())
     by_hour = {dt.datetime.fromtimestamp(int(epoch), dt.UTC): ids
                for epoch, ids in by_epoch.items()}
     return watermark, by_hour
-
-
-def _sql_literal(conn: Conn, value: str) -> str:
-    """``value`` as a quoted SQL string literal (COPY takes no bind parameters)."""
-    from psycopg import sql
-
-    return sql.Literal(value).as_string(conn)
 
 
 def export_coverage(watermark: dt.datetime | None, by_hour: Mapping[dt.datetime, set[str]],

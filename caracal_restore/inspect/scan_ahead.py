@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import secrets as secrets_lib
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from caracal_restore.inspect.assets import Leak, LeakScan, scan_bundle_files
-from caracal_restore.retention.prefetch import BACKGROUND_NICENESS
+from caracal_restore.retention.prefetch import stop_child
 
 RECORD = "scan.json"
 
@@ -49,13 +48,7 @@ class ScanAhead:
 
     def stop(self) -> None:
         """Stop the search (the run ended first, or failed)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_child(self.process)
 
 
 def secrets_digest(secrets: Mapping[str, str], salt: str) -> str:
@@ -105,7 +98,6 @@ def load(folder: Path | None, root: Path, secrets: Mapping[str, str]) -> LeakSca
 def main() -> int:
     """Child process: search the bundle named on stdin, write the record."""
     job: dict[str, Any] = json.loads(sys.stdin.buffer.read())
-    os.nice(BACKGROUND_NICENESS)  # the restore it runs beside comes first for the CPU
     secrets: dict[str, str] = job["secrets"]
     pg_restore = Path(job["pg_restore"]) if job["pg_restore"] else None
     scan = scan_bundle_files(Path(job["root"]), secrets, pg_restore=pg_restore)

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from caracal_restore import envelope
 from caracal_restore.chainhash import chain_hmac_bytes, producer_signature, stream_signature
+from caracal_restore.pgcopy import copy_line_batches
 from caracal_restore.profiles import Profile, SealedSpec
 from caracal_restore.redact import REDACTOR
 
@@ -294,19 +295,15 @@ def verify_chain_hmacs(conn: Conn, table: str, key: bytes) -> SignatureResult:
         " chain_hmac, zone_id, chain_seq, id::text"
         " FROM {} WHERE chain_hmac IS NOT NULL AND chain_hmac <> '') TO STDOUT"
     ).format(sql.Identifier("public", table))
-    with conn.cursor() as cur, cur.copy(query) as copy:
-        rest = b""
-        for chunk in copy:
-            lines = (rest + bytes(chunk)).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                content, prev, stored, where = line.split(b"\t", 3)
-                signed += 1
-                if hmac.compare_digest(mac(content, prev), stored):
-                    verified += 1
-                elif len(examples) < EXAMPLES:
-                    zone, seq, ident = where.decode("utf-8", "backslashreplace").split("\t")
-                    examples.append(f"{table} zone {zone} chain_seq {seq} (id {ident})")
+    for lines in copy_line_batches(conn, query):
+        for line in lines:
+            content, prev, stored, where = line.split(b"\t", 3)
+            signed += 1
+            if hmac.compare_digest(mac(content, prev), stored):
+                verified += 1
+            elif len(examples) < EXAMPLES:
+                zone, seq, ident = where.decode("utf-8", "backslashreplace").split("\t")
+                examples.append(f"{table} zone {zone} chain_seq {seq} (id {ident})")
     return SignatureResult(table, signed, verified, unsigned, tuple(examples), signed - verified)
 
 

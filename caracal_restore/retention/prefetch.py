@@ -1,8 +1,8 @@
 """Read the audit export archive once per run, while the backup and restore are under way.
 
 The archive is the source's, independent of the bundle, so a run can read it in the background
-from the moment it knows the bucket: a child process (its own interpreter, at a lower priority
-than the backup and restore beside it) lists and reads every object with ``read_index_rows``
+from the moment it knows the bucket: a child process (its own interpreter, so the pipeline's
+work is not slowed by it) lists and reads every object with ``read_index_rows``
 (columns, no Python object per row) and writes the index with ``save_rows``. The check
 processes then load that one reading instead of fetching thousands of objects each; a run
 whose prefetch failed or is absent reads the archive itself (``fixtures/retention.py``), so the
@@ -26,8 +26,6 @@ from typing import Any
 from caracal_restore.environments.objectstore import ObjectStoreServer
 
 ENV = "CARACAL_RESTORE_PREFETCH_STORE"
-#: Niceness of the background readings (they use what the backup and restore leave idle).
-BACKGROUND_NICENESS = 10
 #: Written next to the index once it is complete (what was read, where, and how long it took).
 DONE = "done.json"
 
@@ -52,13 +50,18 @@ class Prefetch:
 
     def stop(self) -> None:
         """Stop the reading (the run ended first, or failed)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_child(self.process)
+
+
+def stop_child(process: subprocess.Popen[bytes]) -> None:
+    """Stop a background child of the run: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def start(server: ObjectStoreServer, bucket: str, folder: Path) -> Prefetch:
@@ -93,8 +96,6 @@ def main() -> int:
     from caracal_restore.retention.exports import read_index_rows
 
     spec = json.loads(os.environ.pop(ENV))
-    # Background work: the backup and restore it runs beside come first for the CPU.
-    os.nice(BACKGROUND_NICENESS)
     server = ObjectStoreServer(
         spec["provider"], spec["substrate"], spec["endpoint_url"], spec["access_key"],
         spec["secret_key"], Path(spec["root"]) if spec["root"] else None)
