@@ -201,3 +201,22 @@ def test_columnar_reading_equals_row_reading_on_odd_objects(tmp_path: Path) -> N
     assert len(direct.duplicate_rows) == 3
     assert direct.rows[("z4", 7)].event_id == ""
     _same(ArchiveIndex.load(tmp_path / "saved"), direct)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["checks"], True),
+    (["checks/retention/test_audit_exports.py::test_x"], True),
+    (["tests"], False),
+    (["checks", "tests/test_s3get.py"], False),
+    ([], False),
+])
+def test_archive_readers_are_grouped_only_in_a_run_of_the_checks(args: list[str],
+                                                                 expected: bool) -> None:
+    """The suite's own tests keep xdist's scheduling (their modules share costly fixtures)."""
+    from types import SimpleNamespace
+
+    from fixtures.shared import _runs_checks
+
+    config = SimpleNamespace(rootpath=REPO, args=args,
+                             invocation_params=SimpleNamespace(dir=REPO))
+    assert _runs_checks(config) is expected  # type: ignore[arg-type]
