@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg.abc import Query
 
 
-def copy_line_batches(conn: psycopg.Connection[Any], query: str | sql.Composable,
+def copy_line_batches(conn: psycopg.Connection[Any], query: Query,
                       params: Any = None) -> Iterator[list[bytes]]:
     """Each chunk's complete rows (lines without their newline), in the order COPY sends them.
 
