@@ -14,6 +14,7 @@ import datetime as dt
 import hmac
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -164,14 +165,8 @@ class ArchiveIndex:
     def save(self, folder: Path) -> None:
         """Write the index to ``folder`` (Arrow IPC rows + JSON), for ``load`` in another
         process: the archive is read once per run, not once per check process."""
-        pairs = list(self.rows.items()) + self.duplicate_rows
-        table = pa.table({
-            "zone_id": pa.array([z for (z, _), _r in pairs], pa.string()),
-            "chain_seq": pa.array([q for (_, q), _r in pairs], pa.int64()),
-            **{name: pa.array([getattr(r, name) for _i, r in pairs], kind)
-               for name, kind in _SAVED_ROW_TYPES},
-        })
-        save_rows(folder, self.objects, self.problems, table)
+        rows = _rows_table(list(self.rows.items()) + self.duplicate_rows)
+        save_rows(folder, self.objects, self.problems, rows)
 
     @staticmethod
     def load_objects(folder: Path) -> list[ArchiveObject]:
@@ -222,6 +217,18 @@ _SAVED_ROW_TYPES = (("event_id", pa.string()), ("content_sha256", pa.string()),
                     ("decision", pa.string()), ("event_type", pa.string()),
                     ("request_id", pa.string()), ("key", pa.string()))
 assert tuple(name for name, _ in _SAVED_ROW_TYPES) == _ROW_FIELDS
+_SAVED_SCHEMA = pa.schema([("zone_id", pa.string()), ("chain_seq", pa.int64()),
+                          *_SAVED_ROW_TYPES])
+
+
+def _rows_table(rows: list[tuple[tuple[str, int], ArchiveRow]]) -> pa.Table:
+    """``(zone, chain_seq), row`` pairs as a table in ``save_rows``' layout, in their order."""
+    return pa.table({
+        "zone_id": pa.array([z for (z, _), _r in rows], pa.string()),
+        "chain_seq": pa.array([q for (_, q), _r in rows], pa.int64()),
+        **{name: pa.array([getattr(r, name) for _i, r in rows], kind)
+           for name, kind in _SAVED_ROW_TYPES},
+    })
 
 
 def save_rows(folder: Path, objects: list[ArchiveObject], problems: list[str],
@@ -253,38 +260,22 @@ def read_archive_rows(store: ObjectStore, *, prefix: str = PREFIX
     An object of exactly the export schema has its rows taken column by column; any other is
     read by ``read_archive``'s own row-by-row code, so both readings agree on every object.
     """
-    objects: list[ArchiveObject] = []
     problems: list[str] = []
     parts: list[pa.Table] = []
-    listed = store.list(prefix)
-    for info, (key, data) in zip(listed, store.get_many(i.key for i in listed), strict=True):
-        assert key == info.key
-        hour = hour_of_key(info.key)
-        if hour is None:
-            problems.append(
-                f"{info.key}: key is not audit/<YYYY>/<MM>/<DD>/<YYYY-MM-DD>T<HH>.parquet"
-            )
-        try:
-            if isinstance(data, OSError):
-                raise data
-            schema, count, part = _object_rows(data, info.key, problems)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            problems.append(f"{info.key}: not a readable Parquet object ({exc})")
-            schema, count, part = (), 0, None
-        obj = ArchiveObject(info.key, hour, info.size, info.versions, count, schema)
-        if schema and not obj.schema_ok:
-            problems.append(f"{info.key}: schema {list(schema)} is not the export schema")
-        objects.append(obj)
-        if part is not None and part.num_rows:
+
+    def read(data: bytes, key: str) -> tuple[tuple[tuple[str, str], ...], int]:
+        schema, count, part = _object_rows(data, key, problems)
+        if part.num_rows:
             parts.append(part)
-    schema = pa.schema([("zone_id", pa.string()), ("chain_seq", pa.int64()),
-                        *_SAVED_ROW_TYPES])
-    table = pa.concat_tables(parts) if parts else schema.empty_table()
+        return schema, count
+
+    objects = _read_objects(store, prefix, problems, read)
+    table = pa.concat_tables(parts) if parts else _SAVED_SCHEMA.empty_table()
     return objects, problems, table
 
 
 def _object_rows(data: bytes, key: str, problems: list[str]
-                 ) -> tuple[tuple[tuple[str, str], ...], int, pa.Table | None]:
+                 ) -> tuple[tuple[tuple[str, str], ...], int, pa.Table]:
     """One object's schema signature, row count and rows (``save_rows`` layout)."""
     parquet = pq.ParquetFile(pa.BufferReader(data))
     schema = schema_signature(parquet.schema_arrow)
@@ -292,11 +283,7 @@ def _object_rows(data: bytes, key: str, problems: list[str]
     if table is None or any(table.column(n).null_count for n in ("zone_id", "chain_seq", "time")):
         # The row-by-row reader decides what such an object holds (and how it fails).
         schema, count, rows = _object_row_list(data, key, problems)
-        return schema, count, pa.table({
-            "zone_id": pa.array([z for (z, _), _r in rows], pa.string()),
-            "chain_seq": pa.array([q for (_, q), _r in rows], pa.int64()),
-            **{name: pa.array([getattr(r, name) for _i, r in rows], kind)
-               for name, kind in _SAVED_ROW_TYPES}})
+        return schema, count, _rows_table(rows)
     text = {name: pc.fill_null(table.column(name), "")
             for name in ("event_id", "content_sha256", "chain_hmac", "decision", "event_type",
                          "request_id")}
@@ -310,26 +297,39 @@ def _object_rows(data: bytes, key: str, problems: list[str]
 def read_archive(store: ObjectStore, *, prefix: str = PREFIX) -> ArchiveIndex:
     """Read every object under ``prefix``, in key order, into an index of its rows."""
     index = ArchiveIndex()
+    index.objects = _read_objects(store, prefix, index.problems,
+                                  lambda data, key: _read_object(data, key, index))
+    return index
+
+
+def _read_objects(
+    store: ObjectStore, prefix: str, problems: list[str],
+    read: Callable[[bytes, str], tuple[tuple[tuple[str, str], ...], int]],
+) -> list[ArchiveObject]:
+    """List ``prefix``, fetch every object in key order and hand its bytes to ``read`` (which
+    keeps its rows and returns its schema signature and row count); every object, and a problem
+    for each key, object or schema that is not an export's."""
+    objects: list[ArchiveObject] = []
     listed = store.list(prefix)
     for info, (key, data) in zip(listed, store.get_many(i.key for i in listed), strict=True):
         assert key == info.key
         hour = hour_of_key(info.key)
         if hour is None:
-            index.problems.append(
+            problems.append(
                 f"{info.key}: key is not audit/<YYYY>/<MM>/<DD>/<YYYY-MM-DD>T<HH>.parquet"
             )
         try:
             if isinstance(data, OSError):
                 raise data
-            schema, count = _read_object(data, info.key, index)
+            schema, count = read(data, info.key)
         except (pa.ArrowException, OSError, ValueError) as exc:
-            index.problems.append(f"{info.key}: not a readable Parquet object ({exc})")
+            problems.append(f"{info.key}: not a readable Parquet object ({exc})")
             schema, count = (), 0
         obj = ArchiveObject(info.key, hour, info.size, info.versions, count, schema)
         if schema and not obj.schema_ok:
-            index.problems.append(f"{info.key}: schema {list(schema)} is not the export schema")
-        index.objects.append(obj)
-    return index
+            problems.append(f"{info.key}: schema {list(schema)} is not the export schema")
+        objects.append(obj)
+    return objects
 
 
 def _read_object(
