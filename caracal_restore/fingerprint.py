@@ -118,11 +118,6 @@ def _collect(
     }
 
 
-def format_of(fingerprint: Mapping[str, Any]) -> object:
-    """The format a database's fingerprint was taken in (its ``format``)."""
-    return fingerprint.get("format")
-
-
 # ------------------------------------------------------------------------------ tables
 
 

@@ -251,17 +251,6 @@ def combine_scans(*scans: LeakScan) -> LeakScan:
                     tuple(sorted(leaks.values(), key=lambda x: (x.where, x.secret))))
 
 
-def scan_bundle_for_secrets(root: Path, secrets: Mapping[str, str], *,
-                            pg_restore: Path | None = None, redis_client: Any = None
-                            ) -> LeakScan:
-    """Search every file of an extracted bundle (dumps also decoded) for every secret, and the
-    keyspace of the Redis restored from it when ``redis_client`` is given."""
-    scans = [scan_bundle_files(root, secrets, pg_restore=pg_restore)]
-    if redis_client is not None:
-        scans.append(scan_redis_keyspace(redis_client, secrets))
-    return combine_scans(*scans)
-
-
 def _leak_scan(sources: Sequence[str], total: int, needles: Sequence[Needle],
                secrets: Mapping[str, str], leaks: Iterable[Leak]) -> LeakScan:
     return LeakScan(tuple(sources), total, len(needles), tuple(sorted(secrets)),
