@@ -210,6 +210,19 @@ def supervised(name: str, stop: Callable[[], None]) -> Iterator[None]:
         stop()
 
 
+def stop_process(process: subprocess.Popen[bytes], *, grace: float,
+                 after_kill: float | None = None) -> None:
+    """Stop a child the suite started: SIGTERM, then SIGKILL after ``grace`` seconds (waiting
+    ``after_kill`` seconds for it to go, or as long as it takes)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=after_kill)
+
+
 def become_subreaper() -> None:
     """Adopt orphaned descendants (pg_ctl's daemonised postmaster) so we can reap them.
 

@@ -24,6 +24,7 @@ from caracal_restore.environments.base import (
     RedisEndpoint,
     free_port,
     is_loopback,
+    stop_process,
     supervised,
     which,
 )
@@ -120,13 +121,7 @@ def embedded(
     )
 
     def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, grace=20, after_kill=10)
         if proc.stderr:
             proc.stderr.close()
         if not keep:

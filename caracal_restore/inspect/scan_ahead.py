@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caracal_restore.environments.base import stop_process
 from caracal_restore.inspect.assets import Leak, LeakScan, scan_bundle_files
-from caracal_restore.retention.prefetch import stop_child
 
 RECORD = "scan.json"
 
@@ -48,7 +48,7 @@ class ScanAhead:
 
     def stop(self) -> None:
         """Stop the search (the run ended first, or failed)."""
-        stop_child(self.process)
+        stop_process(self.process, grace=10)
 
 
 def secrets_digest(secrets: Mapping[str, str], salt: str) -> str:

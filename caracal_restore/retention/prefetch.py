@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from caracal_restore.environments.base import stop_process
 from caracal_restore.environments.objectstore import ObjectStoreServer
 
 ENV = "CARACAL_RESTORE_PREFETCH_STORE"
@@ -50,18 +51,7 @@ class Prefetch:
 
     def stop(self) -> None:
         """Stop the reading (the run ended first, or failed)."""
-        stop_child(self.process)
-
-
-def stop_child(process: subprocess.Popen[bytes]) -> None:
-    """Stop a background child of the run: SIGTERM, then SIGKILL after 10 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(self.process, grace=10)
 
 
 def start(server: ObjectStoreServer, bucket: str, folder: Path) -> Prefetch:
