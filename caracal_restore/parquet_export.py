@@ -9,12 +9,14 @@ across all objects (FACTS-1.0 §20 A5.3).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import hmac
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -179,7 +181,7 @@ class ArchiveIndex:
         meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
         index = cls(problems=list(meta["problems"]), objects=_saved_objects(meta))
         make = ArchiveRow._make
-        with pa.memory_map(str(folder / "rows.arrow")) as source:
+        with _bulk_build(), pa.memory_map(str(folder / "rows.arrow")) as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):
                 batch = reader.get_batch(i)
@@ -297,9 +299,27 @@ def _object_rows(data: bytes, key: str, problems: list[str]
 def read_archive(store: ObjectStore, *, prefix: str = PREFIX) -> ArchiveIndex:
     """Read every object under ``prefix``, in key order, into an index of its rows."""
     index = ArchiveIndex()
-    index.objects = _read_objects(store, prefix, index.problems,
-                                  lambda data, key: _read_object(data, key, index))
+    with _bulk_build():
+        index.objects = _read_objects(store, prefix, index.problems,
+                                      lambda data, key: _read_object(data, key, index))
     return index
+
+
+@contextlib.contextmanager
+def _bulk_build() -> Iterator[None]:
+    """Pause the cyclic garbage collector while an index's million row tuples are made.
+
+    Every row tuple is a tracked container, so the collector would run again and again during
+    the build, each time over all the rows made so far: at 1 000 000 rows, loading a saved index
+    took 4.6 s with it and 1.3 s without. The rows hold no cycles; nothing is left uncollected.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _read_objects(
