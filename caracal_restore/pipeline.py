@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +175,19 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             if ok:
                 assert restored is not None
                 release = _release(spec.release, restored.databases["caracal"])
+        scratch_template: str | None = None
         with phases.phase("services") as ok:
             if ok:
                 assert restored is not None
                 assert opened is not None
-                services = _services(spec, stack, opened, restored, source_secrets, work, exits,
-                                     release=release)
+                template_name = stack.pg.database_name(SCRATCH_TEMPLATE)
+                exits.callback(stack.pg.drop_database, template_name)
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    template = pool.submit(stack.pg.create_database, SCRATCH_TEMPLATE,
+                                           template=restored.databases["caracal"].dbname)
+                    services = _services(spec, stack, opened, restored, source_secrets, work,
+                                         exits, release=release)
+                scratch_template = _made(template, template_name)
         archive_cache = None
         if archive_reading is not None and archive_reading.wait(timeout=ARCHIVE_READ_TIMEOUT):
             archive_cache = str(archive_reading.folder)
@@ -202,6 +210,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             archive_bucket=archive_bucket,
             archive_cache=archive_cache,
             secret_scan=secret_scan,
+            scratch_template=scratch_template,
             canary=canary,
             services=services,
             live_source_db=live_source,
@@ -318,6 +327,24 @@ def _read_secrets(root: Path) -> dict[str, str]:
     store = DirSecretStore.__new__(DirSecretStore)
     store.root = root
     return {name: store.read(name) for name in store.names()}
+
+
+#: A copy of the restored ``caracal`` that no check connects to, made while the services start:
+#: PostgreSQL copies a template only while no other session is connected to it, and the checks
+#: read the restored database the whole run, so the destructive checks' ``scratch_db`` clones
+#: are made from this copy instead.
+SCRATCH_TEMPLATE = "caracal_scratch_template"
+
+
+def _made(copy: Future[PgEndpoint], name: str) -> str | None:
+    """The name of the scratch template, or None (logged) when it could not be made."""
+    try:
+        copy.result()
+    except (psycopg.Error, SuiteError) as exc:
+        log.warning("no scratch template (the destructive checks clone the restored database "
+                    "itself): %s", REDACTOR(str(exc)))
+        return None
+    return name
 
 
 def _release(requested: str, db: PgEndpoint) -> str:

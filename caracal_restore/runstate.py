@@ -92,6 +92,9 @@ class RunState:
     #: it restored (``inspect.scan_ahead``): the check processes load it when it searched for
     #: exactly the secrets they read back.
     secret_scan: str | None = None
+    #: A copy of the restored ``caracal`` no check connects to: ``scratch_db`` clones it (a
+    #: database with other sessions cannot be copied).
+    scratch_template: str | None = None
     reference: dict[str, Any] | None = None
     #: Phase name -> why it failed; checks depending on it are reported broken with this text.
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -132,6 +135,7 @@ class RunState:
             archive_location=data.get("archive_location"),
             archive_cache=data.get("archive_cache"),
             secret_scan=data.get("secret_scan"),
+            scratch_template=data.get("scratch_template"),
             errors=data["errors"],
         )
 

@@ -385,3 +385,31 @@ def test_ledger_diff_names_missing_extra_and_repeated() -> None:
     assert diff.duplicated == ("b",)
     assert not diff.equal
 
+
+
+def test_scratch_clones_are_made_while_checks_read_the_restored_database(
+        run: PreparedRun) -> None:
+    """PostgreSQL copies a database only while no other session is connected to it, and the
+    checks read the restored one the whole run: the destructive checks clone the run's scratch
+    template instead, an equal copy no check connects to."""
+    import psycopg
+    from psycopg import sql
+
+    from caracal_restore.fingerprint import take_fingerprint
+
+    state = run.state
+    restored = state.restored_databases["caracal"]
+    assert state.scratch_template
+    assert state.scratch_template != restored.dbname
+    name = f"scratch_probe_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(restored.conninfo(), autocommit=True) as reading:
+        reading.execute("SELECT count(*) FROM audit_events")  # another check, reading
+        with run.stack.pg.connect() as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(state.scratch_template)))
+        try:
+            with psycopg.connect(restored.with_db(name).conninfo(), autocommit=True) as clone:
+                copied = take_fingerprint(clone, parts=("tables",))["tables"]
+            assert copied == take_fingerprint(reading, parts=("tables",))["tables"]
+        finally:
+            run.stack.pg.drop_database(name)
