@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,11 @@ SELECT t.relid::oid, n.nspname, c.relname
 """
 
 
+#: The readings of a fingerprint besides its header (``format``, ``database``, ``taken_at``).
+PARTS = ("tables", "audit_partitions", "heads", "policy_activation", "binding_revision",
+         "revoked", "ledger", "redis")
+
+
 def take_fingerprint(
     conn: psycopg.Connection[Any],
     *,
@@ -78,17 +83,23 @@ def take_fingerprint(
     tables: Iterable[str] | None = None,
     sessions_table: str = "sessions",
     agents_table: str = "agent_sessions",
+    parts: Collection[str] = PARTS,
 ) -> dict[str, Any]:
     """Fingerprint the database ``conn`` is connected to, inside the caller's transaction.
 
     Run it in the dump's snapshot (a REPEATABLE READ transaction that exported the snapshot
     ``pg_dump --snapshot`` uses). On an autocommit connection it opens its own transaction.
     ``sessions_table``/``agents_table`` name the release's tables (see ``RELEASE_TABLES``).
+    ``parts`` limits the readings to those named (a check that compares the revoked sets need
+    not aggregate a million audit rows for the chain heads); the others are absent.
     """
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown fingerprint parts {sorted(unknown)}; known: {PARTS}")
     if conn.autocommit:
         with conn.transaction():
-            return _collect(conn, redis_client, tables, sessions_table, agents_table)
-    return _collect(conn, redis_client, tables, sessions_table, agents_table)
+            return _collect(conn, redis_client, tables, sessions_table, agents_table, parts)
+    return _collect(conn, redis_client, tables, sessions_table, agents_table, parts)
 
 
 def _collect(
@@ -97,25 +108,27 @@ def _collect(
     tables: Iterable[str] | None,
     sessions_table: str,
     agents_table: str,
+    parts: Collection[str],
 ) -> dict[str, Any]:
     """Everything of ``take_fingerprint``, inside an open transaction."""
     for name, value in _PINNED_SETTINGS:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     row = conn.execute("SELECT now(), current_database()").fetchone()
     assert row is not None
-    return {
-        "format": FORMAT,
-        "database": row[1],
-        "taken_at": row[0].isoformat(),
-        "tables": table_digests(conn, tables=tables),
-        "audit_partitions": audit_partitions(conn),
-        "heads": audit_heads(conn),
-        "policy_activation": policy_activation(conn),
-        "binding_revision": binding_revision(conn),
-        "revoked": revoked(conn, sessions_table=sessions_table, agents_table=agents_table),
-        "ledger": ledger(conn),
-        "redis": redis_stream_state(redis_client) if redis_client is not None else None,
+    readings: dict[str, Callable[[], Any]] = {
+        "tables": lambda: table_digests(conn, tables=tables),
+        "audit_partitions": lambda: audit_partitions(conn),
+        "heads": lambda: audit_heads(conn),
+        "policy_activation": lambda: policy_activation(conn),
+        "binding_revision": lambda: binding_revision(conn),
+        "revoked": lambda: revoked(conn, sessions_table=sessions_table,
+                                   agents_table=agents_table),
+        "ledger": lambda: ledger(conn),
+        "redis": lambda: (redis_stream_state(redis_client) if redis_client is not None
+                          else None),
     }
+    return {"format": FORMAT, "database": row[1], "taken_at": row[0].isoformat(),
+            **{part: readings[part]() for part in PARTS if part in parts}}
 
 
 # ------------------------------------------------------------------------------ tables

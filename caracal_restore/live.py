@@ -919,9 +919,11 @@ def _basis(source: Mapping[str, Any] | None) -> str:
 
 def restored_fingerprint(conn: psycopg.Connection[Any], profile: Profile,
                          tables: Iterable[str]) -> dict[str, Any]:
-    """The restored copy's fingerprint, limited to ``tables`` (same rules as the source's)."""
+    """The restored copy's fingerprint, limited to ``tables`` and to the readings a step-5
+    record compares (same rules as the source's)."""
     return fp.take_fingerprint(conn, tables=list(tables), sessions_table=profile.lineage_table,
-                               agents_table=profile.agent_table)
+                               agents_table=profile.agent_table,
+                               parts=("tables", "binding_revision", "revoked"))
 
 
 def _digest_problems(source: Mapping[str, Any], restored: Mapping[str, Any],

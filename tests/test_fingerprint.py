@@ -182,6 +182,17 @@ def test_access_and_evidence_state(pg) -> None:
     assert fp["redis"] is None
 
 
+def test_a_fingerprint_of_some_parts_reads_only_those(pg) -> None:
+    """``parts`` keeps the header and the named readings, each equal to the full reading's."""
+    name = _database(pg)
+    whole = _fingerprint(pg, name)
+    some = _fingerprint(pg, name, parts=("tables", "revoked"))
+    assert set(some) == {"format", "database", "taken_at", "tables", "revoked"}
+    assert (some["tables"], some["revoked"]) == (whole["tables"], whole["revoked"])
+    with pytest.raises(ValueError, match="unknown fingerprint parts"):
+        _fingerprint(pg, name, parts=("tables", "head"))
+
+
 def test_release_specific_tables_may_be_absent(pg) -> None:
     """A 1.0 database has no gateway table; 1.0 names (authority_records) are passed in."""
     name = _database(pg)
