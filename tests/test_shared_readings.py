@@ -141,13 +141,21 @@ def pytest_collection_finish(session):
 def test_every_check_reading_the_archive_index_is_scheduled_with_the_others(
         tmp_path: Path) -> None:
     """The archive index is loaded by one worker only if every check that needs it (directly or
-    through the chain verification) is in ``ARCHIVE_READERS``; the others run one by one."""
+    through the chain verification) is in ``ARCHIVE_READERS`` or ``CHAIN_VERIFIERS``; apart,
+    the chain verification is one scope of its own; the others run one by one, and the checks
+    that use the chain verification's result are collected last."""
     import json
     import os
     import subprocess
     import sys
 
-    from fixtures.shared import ARCHIVE_READERS, ARCHIVE_SCOPE, scope_of
+    from fixtures.shared import (
+        ARCHIVE_READERS,
+        ARCHIVE_SCOPE,
+        CHAIN_SCOPE,
+        CHAIN_VERIFIERS,
+        scope_of,
+    )
 
     (tmp_path / "collector.py").write_text(COLLECTOR)
     out = tmp_path / "collected.json"
@@ -159,12 +167,33 @@ def test_every_check_reading_the_archive_index_is_scheduled_with_the_others(
     collected: dict[str, list[str]] = json.loads(out.read_text())
     readers = {n for n, names in collected.items()
                if {"archive_index", "audit_archive", "chain_diagnosis"} & set(names)}
+    verifiers = {n for n, names in collected.items() if "chain_diagnosis" in names}
     assert len(readers) >= 6, sorted(readers)
     assert {n for n in readers if scope_of(n) != ARCHIVE_SCOPE} == set()
-    assert all((REPO / module).is_file() for module in ARCHIVE_READERS)
+    apart = {n for n in readers if scope_of(n, chain_apart=True) == CHAIN_SCOPE}
+    assert apart
+    assert apart <= verifiers
+    assert {n for n in readers - apart
+            if scope_of(n, chain_apart=True) != ARCHIVE_SCOPE} == set()
+    assert all((REPO / module).is_file() for module in ARCHIVE_READERS + CHAIN_VERIFIERS)
     others = [n for n in collected if n not in readers and scope_of(n) != ARCHIVE_SCOPE]
     assert others
-    assert all(scope_of(n) == n for n in others)
+    assert all(scope_of(n) == n == scope_of(n, chain_apart=True) for n in others)
+    order = list(collected)
+    assert order[-len(verifiers):] == [n for n in order if n in verifiers]
+
+
+def test_the_chain_verification_goes_apart_only_when_a_second_index_fits() -> None:
+    from fixtures.shared import INDEX_BYTES_PER_ROW, second_index_fits
+
+    gib = 1 << 30
+    assert second_index_fits(0, None)  # no archive: nothing to hold twice
+    assert second_index_fits(1_000_000, 18 * gib)
+    assert not second_index_fits(5_000_000, 18 * gib)
+    assert second_index_fits(1000, 4 * 1000 * INDEX_BYTES_PER_ROW)
+    assert not second_index_fits(1001, 4 * 1000 * INDEX_BYTES_PER_ROW)
+    assert not second_index_fits(None, 18 * gib)  # rows unknown
+    assert not second_index_fits(1000, None)  # memory unknown
 
 
 def test_columnar_reading_equals_row_reading_on_odd_objects(tmp_path: Path) -> None:
