@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from caracal_restore import fingerprint as fp
+from caracal_restore.inspect.needles import NeedleFinder
 from caracal_restore.parquet_export import WATERMARK_NAME, ArchiveIndex, object_key
 from caracal_restore.pgcopy import copy_line_batches
 from caracal_restore.replay_files import ReplayEvent, parse_replay_dir
@@ -152,15 +153,21 @@ class LeakScan:
 
 def scan_stream(chunks: Iterable[bytes], needles: Sequence[Needle], where: str,
                 found: dict[tuple[str, str], Leak]) -> int:
-    """Search a byte stream for every needle (chunk borders overlap); returns bytes read."""
+    """Search a byte stream for every needle (chunk borders overlap); returns bytes read.
+
+    All needles are looked for in one pass over each chunk (``NeedleFinder``); of several forms
+    of a secret found in one chunk, the first in ``needles``' order is reported.
+    """
     keep = max((len(n.data) for n in needles), default=1) - 1
+    finder = NeedleFinder(n.data for n in needles)
     tail = b""
     total = 0
     for chunk in chunks:
         total += len(chunk)
         window = tail + chunk
+        present = finder.present(window)
         for needle in needles:
-            if (needle.secret, where) not in found and needle.data in window:
+            if (needle.secret, where) not in found and needle.data in present:
                 found[(needle.secret, where)] = Leak(needle.secret, needle.form, where)
         tail = window[-keep:] if keep else b""
     return total
