@@ -281,7 +281,10 @@ def _object_rows(data: bytes, key: str, problems: list[str]
     """One object's schema signature, row count and rows (``save_rows`` layout)."""
     parquet = pq.ParquetFile(pa.BufferReader(data))
     schema = schema_signature(parquet.schema_arrow)
-    table = parquet.read(columns=list(_READ)) if schema == EXPECTED_SIGNATURE else None
+    # One thread: an hourly object is small, and a thread pool per read costs more than it
+    # saves (0.15 instead of 0.23 ms per object).
+    table = (parquet.read(columns=list(_READ), use_threads=False)
+             if schema == EXPECTED_SIGNATURE else None)
     if table is None or any(table.column(n).null_count for n in ("zone_id", "chain_seq", "time")):
         # The row-by-row reader decides what such an object holds (and how it fails).
         schema, count, rows = _object_row_list(data, key, problems)
@@ -373,7 +376,7 @@ def _object_row_list(
     if missing:
         problems.append(f"{key}: missing columns {missing}")
         return schema, parquet.metadata.num_rows, []
-    table = parquet.read(columns=list(_READ))
+    table = parquet.read(columns=list(_READ), use_threads=False)
     columns = [table.column(name).to_pylist() for name in _READ]
     rows = [((str(zone), int(seq)), ArchiveRow(
             event_id=event_id or "", content_sha256=content or "", chain_hmac=mac or "",
