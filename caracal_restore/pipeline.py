@@ -180,17 +180,19 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             if ok:
                 assert restored is not None
                 assert opened is not None
-                template_name = stack.pg.database_name(SCRATCH_TEMPLATE)
-                exits.callback(stack.pg.drop_database, template_name)
-                with ThreadPoolExecutor(max_workers=1) as pool:
-                    template = pool.submit(stack.pg.create_database, SCRATCH_TEMPLATE,
-                                           template=restored.databases["caracal"].dbname)
-                    services = _services(spec, stack, opened, restored, source_secrets, work,
-                                         exits, release=release)
-                scratch_template = _made(template, template_name)
-        archive_cache = None
-        if archive_reading is not None and archive_reading.wait(timeout=ARCHIVE_READ_TIMEOUT):
-            archive_cache = str(archive_reading.folder)
+                # Copied beside the services' start and not waited for: until the copy is
+                # done, PostgreSQL holds new sessions of the restored database back (the copy
+                # locks its source), so no check reads it half-way; scratch_db waits the same.
+                scratch_template = stack.pg.database_name(SCRATCH_TEMPLATE)
+                exits.callback(stack.pg.drop_database, scratch_template)
+                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-template")
+                template = pool.submit(stack.pg.create_database, SCRATCH_TEMPLATE,
+                                       template=restored.databases["caracal"].dbname)
+                exits.callback(_made, template, pool)
+                services = _services(spec, stack, opened, restored, source_secrets, work,
+                                     exits, release=release)
+        # Not waited for: the check processes wait for its record (``prefetch.completed``).
+        archive_cache = str(archive_reading.folder) if archive_reading is not None else None
         secret_scan = None
         if scanning is not None and scanning.wait(timeout=ARCHIVE_READ_TIMEOUT):
             secret_scan = str(scanning.folder)
@@ -330,21 +332,20 @@ def _read_secrets(root: Path) -> dict[str, str]:
 
 
 #: A copy of the restored ``caracal`` that no check connects to, made while the services start:
-#: PostgreSQL copies a template only while no other session is connected to it, and the checks
+#: PostgreSQL copies a database only while no other session is connected to it, and the checks
 #: read the restored database the whole run, so the destructive checks' ``scratch_db`` clones
-#: are made from this copy instead.
+#: are made from this copy instead (or, if it could not be made, from the restored one).
 SCRATCH_TEMPLATE = "caracal_scratch_template"
 
 
-def _made(copy: Future[PgEndpoint], name: str) -> str | None:
-    """The name of the scratch template, or None (logged) when it could not be made."""
+def _made(copy: Future[PgEndpoint], pool: ThreadPoolExecutor) -> None:
+    """At the end of the run: wait for the scratch template's copy; log it if it failed."""
+    pool.shutdown(wait=True)
     try:
         copy.result()
     except (psycopg.Error, SuiteError) as exc:
-        log.warning("no scratch template (the destructive checks clone the restored database "
+        log.warning("no scratch template (the destructive checks cloned the restored database "
                     "itself): %s", REDACTOR(str(exc)))
-        return None
-    return name
 
 
 def _release(requested: str, db: PgEndpoint) -> str:

@@ -85,8 +85,9 @@ class RunState:
     #: Where the source's audit exports live when the user named it (``--archive``): an
     #: ``s3://`` bucket on the run's object store, or a directory.
     archive_location: str | None = None
-    #: A complete reading of ``archive_bucket`` the run made in the background
-    #: (``retention.prefetch``): the check processes load it instead of reading the archive.
+    #: The folder of the reading of ``archive_bucket`` the run makes in the background
+    #: (``retention.prefetch``), complete or still under way: the check processes wait for it
+    #: and load it instead of reading the archive.
     archive_cache: str | None = None
     #: A complete search of the opened bundle for the source's secrets that the run made while
     #: it restored (``inspect.scan_ahead``): the check processes load it when it searched for

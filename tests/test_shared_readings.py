@@ -79,6 +79,35 @@ def test_failed_background_reading_leaves_no_record(tmp_path: Path) -> None:
                                  tmp_path / "cache")
         assert reading.wait(timeout=120) is None
     assert "NoSuchBucket" in (tmp_path / "cache" / "prefetch.log").read_text()
+    assert (tmp_path / "cache" / prefetch.FAILED).exists()
+
+
+def test_a_check_process_waits_for_a_reading_under_way_but_not_for_a_failed_one(
+        tmp_path: Path) -> None:
+    """The run hands the checks the reading's folder without waiting for it to complete."""
+    import time
+
+    with objectstore.embedded() as server:
+        name = f"archive-{uuid.uuid4().hex[:8]}"
+        _fill(server.bucket(name, create=True))
+        reading = prefetch.start(server, name, tmp_path / "cache")
+        record = prefetch.completed(tmp_path / "cache", name, wait=120)
+        assert record is not None
+        assert record["rows"] == 4
+        reading.wait(timeout=120)
+
+        failing = prefetch.start(server, f"no-such-bucket-{uuid.uuid4().hex[:8]}",
+                                 tmp_path / "failing")
+        started = time.monotonic()
+        assert prefetch.completed(tmp_path / "failing", "no-such-bucket", wait=120) is None
+        assert time.monotonic() - started < 60, "waited for a reading that had failed"
+        failing.wait(timeout=120)
+    # A reading whose process is gone without a record is not waited for either.
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / prefetch.PID).write_text(str(failing.process.pid))
+    started = time.monotonic()
+    assert prefetch.completed(tmp_path / "gone", "any", wait=120) is None
+    assert time.monotonic() - started < 5
 
 
 def test_saved_index_loads_equal(tmp_path: Path) -> None:

@@ -8,6 +8,11 @@ processes then load that one reading instead of fetching thousands of objects ea
 whose prefetch failed or is absent reads the archive itself (``fixtures/retention.py``), so the
 verdicts never depend on the prefetch, only the time.
 
+The run does not wait for the reading: it hands the checks the folder, and the check processes
+wait for the record there (``completed(..., wait=...)``) — until the reading is complete, has
+failed (``failed.json``), or its process is gone. Meanwhile they start, list the archive and
+do what needs no index.
+
 The object store's location and credentials reach the child through its environment (never its
 command line, which other users of the machine can read).
 """
@@ -29,6 +34,12 @@ from caracal_restore.environments.objectstore import ObjectStoreServer
 ENV = "CARACAL_RESTORE_PREFETCH_STORE"
 #: Written next to the index once it is complete (what was read, where, and how long it took).
 DONE = "done.json"
+#: Written instead when the reading failed (the kind of error; the log has the rest).
+FAILED = "failed.json"
+#: The reading process's id, for a waiting check process to tell whether it still runs.
+PID = "reader.pid"
+#: How long a check process waits for a reading still under way (the run's own limit).
+WAIT = 1800.0
 
 
 @dataclasses.dataclass
@@ -68,16 +79,48 @@ def start(server: ObjectStoreServer, bucket: str, folder: Path) -> Prefetch:
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", __name__], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    (folder / PID).write_text(str(process.pid), encoding="ascii")
     return Prefetch(bucket, folder, process, log)
 
 
-def completed(folder: Path, bucket: str) -> dict[str, Any] | None:
-    """The record of a complete reading of ``bucket`` in ``folder`` (None: absent or other)."""
+def completed(folder: Path, bucket: str, *, wait: float = 0.0) -> dict[str, Any] | None:
+    """The record of a complete reading of ``bucket`` in ``folder``; None when there is none:
+    absent, of another bucket, failed, or not complete within ``wait`` seconds while its
+    process runs."""
+    deadline = time.monotonic() + wait
+    while True:
+        record = _record(folder, bucket)
+        if (record is not None or (folder / FAILED).exists() or not _running(folder)
+                or time.monotonic() >= deadline):
+            return record if record is not None else _record(folder, bucket)
+        time.sleep(0.05)
+
+
+def _record(folder: Path, bucket: str) -> dict[str, Any] | None:
     try:
         record = json.loads((folder / DONE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and record.get("bucket") == bucket else None
+
+
+def _running(folder: Path) -> bool:
+    """True while the reading process named in ``folder`` exists and is not a zombie."""
+    try:
+        pid = int((folder / PID).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        if Path("/proc/self/stat").exists():
+            return False  # a Linux without that process
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
 
 
 def main() -> int:
@@ -91,8 +134,13 @@ def main() -> int:
         spec["secret_key"], Path(spec["root"]) if spec["root"] else None)
     folder = Path(spec["folder"])
     started = time.time()
-    objects, problems, rows = read_index_rows(server.bucket(spec["bucket"]))
-    positions = save_rows(folder, objects, problems, rows)
+    try:
+        objects, problems, rows = read_index_rows(server.bucket(spec["bucket"]))
+        positions = save_rows(folder, objects, problems, rows)
+    except BaseException as exc:
+        (folder / FAILED).write_text(json.dumps({"error": type(exc).__name__}),
+                                     encoding="utf-8")
+        raise
     record = {"bucket": spec["bucket"], "objects": len(objects), "rows": positions,
               "started_at": started, "seconds": round(time.time() - started, 3)}
     (folder / DONE).write_text(json.dumps(record), encoding="utf-8")
