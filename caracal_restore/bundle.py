@@ -499,17 +499,20 @@ def open_bundle(
     object_store_client: Any = None,
     endpoint_url: str | None = None,
     tools: ToolPaths | None = None,
+    whole_object: bool = False,
 ) -> Bundle:
     """Fetch, decrypt, extract and validate a bundle (local path or ``s3://bucket/key``).
 
     Every defect raises BundleError naming what is wrong and how to fix it; nothing in the
-    bundle is restored here. Phase timings are recorded for RTO evidence.
+    bundle is restored here. Phase timings are recorded for RTO evidence. ``whole_object``
+    fetches with one GET instead of parallel ranged GETs (for the embedded store, which reads
+    the whole object again for every range: 2.6 s instead of 0.3 s for 200 MB).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
     timings: dict[str, float] = {}  # filled phase by phase; the Bundle holds this same dict
     started = time.perf_counter()
-    local, description = _fetch(source, work, object_store_client, endpoint_url)
+    local, description = _fetch(source, work, object_store_client, endpoint_url, whole_object)
     timings["fetch"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -533,8 +536,8 @@ def open_bundle(
     return bundle
 
 
-def _fetch(source: str | Path, work: Path, client: Any, endpoint_url: str | None
-           ) -> tuple[Path, str]:
+def _fetch(source: str | Path, work: Path, client: Any, endpoint_url: str | None,
+           whole_object: bool = False) -> tuple[Path, str]:
     text = str(source)
     if not text.startswith("s3://"):
         path = Path(text)
@@ -544,11 +547,13 @@ def _fetch(source: str | Path, work: Path, client: Any, endpoint_url: str | None
     bucket, _, key = text[5:].partition("/")
     if not bucket or not key:
         raise BundleError(f"{text} does not name an object; use s3://bucket/key")
+    from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
     dest = work / PurePosixPath(key).name
+    config = TransferConfig(multipart_threshold=1 << 62) if whole_object else TransferConfig()
     try:
-        _s3(client, endpoint_url).download_file(bucket, key, str(dest))
+        _s3(client, endpoint_url).download_file(bucket, key, str(dest), Config=config)
     except (ClientError, BotoCoreError) as exc:
         raise BundleError(REDACTOR(f"cannot fetch {text}: {exc}; check the bucket, key and "
                                    "credentials")) from None

@@ -155,7 +155,7 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
                 opened = bundles.open_bundle(
                     bundle_path, work / "fetched", identity_file=identity,
                     object_store_client=client, endpoint_url=stack.objects.endpoint_url,
-                    tools=stack.pg.tools,
+                    tools=stack.pg.tools, whole_object=stack.objects.provider == "embedded",
                 )
                 basis = "fingerprint" if opened.fingerprint else "internal consistency"
                 if source_secrets:
