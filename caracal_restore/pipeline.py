@@ -383,12 +383,7 @@ def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
         start = start_services_1_0
 
     source = restored.databases["caracal"]
-    live_name = stack.pg.database_name("caracal_live")
-    with stack.pg.connect() as conn:
-        # FILE_COPY: the files are copied, not every page written through the WAL.
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-            sql.Identifier(live_name), sql.Identifier(source.dbname)))
-    stack.pg.created.append(live_name)
+    live_name = stack.pg.create_database("caracal_live", template=source.dbname).dbname
     exits.callback(stack.pg.drop_database, live_name)
     password = secrets.get("postgresPassword", "")
     live_db = PgEndpoint(source.host, source.port, "caracal", live_name, password)
