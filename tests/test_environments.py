@@ -12,6 +12,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -179,6 +180,47 @@ def test_embedded_object_store_lists_versions_without_keeping_copies() -> None:
         assert store.get("audit/k001") == bytes([1]) * 20_000, "a listing closed stored data"
     # 5 listings of 200 x 20 kB would keep 20 MB with moto's copies.
     assert grown < 4_000_000, f"listing versions kept {grown} bytes"
+
+
+def test_embedded_object_store_lists_versions_as_moto_serializes_them() -> None:
+    """The embedded store's own ListObjectVersions document parses (boto3) exactly as moto's
+    model serializer's: versions, delete markers, latest flags, sizes, markers of every page,
+    common prefixes, and keys that need XML escaping."""
+    from moto.s3.responses import S3Response
+
+    with objectstore.embedded() as srv:
+        store = srv.bucket(f"versions-{os.getpid()}-{time.monotonic_ns()}", create=True)
+        client = store.client
+        for key in ("audit/a&b<c>.parquet", "audit/2026/x", "audit/2026/y", "other/z", "audit/q"):
+            client.put_object(Bucket=store.bucket, Key=key, Body=key.encode())
+        client.put_object(Bucket=store.bucket, Key="audit/q", Body=b"second version")
+        client.delete_object(Bucket=store.bucket, Key="audit/2026/y")  # a delete marker
+
+        def pages(**kwargs: Any) -> list[dict[str, Any]]:
+            out, marker = [], {}
+            while True:
+                page = client.list_object_versions(Bucket=store.bucket, **kwargs, **marker)
+                page.pop("ResponseMetadata")
+                out.append(page)
+                if not page["IsTruncated"]:
+                    return out
+                marker = {"KeyMarker": page["NextKeyMarker"],
+                          "VersionIdMarker": page["NextVersionIdMarker"]}
+
+        asks = ({}, {"Prefix": "audit/"}, {"Prefix": "audit/", "Delimiter": "/"},
+                {"MaxKeys": 2}, {"Prefix": "audit/", "MaxKeys": 1})
+        ours = [pages(**ask) for ask in asks]
+        direct = S3Response.list_object_versions
+        assert getattr(direct, "_caracal_direct", False)
+        S3Response.list_object_versions = direct.moto_original  # type: ignore[attr-defined]
+        try:
+            motos = [pages(**ask) for ask in asks]
+        finally:
+            S3Response.list_object_versions = direct  # type: ignore[method-assign]
+    for ask, mine, theirs in zip(asks, ours, motos, strict=True):
+        assert mine == theirs, ask
+    assert any(m.get("DeleteMarkers") for page in ours[0] for m in [page])
+    assert len(ours[3]) > 2, "MaxKeys=2 did not paginate"
 
 
 def test_embedded_object_store_reads_many_objects_over_one_connection() -> None:
