@@ -223,6 +223,31 @@ def test_embedded_object_store_lists_versions_as_moto_serializes_them() -> None:
     assert len(ours[3]) > 2, "MaxKeys=2 did not paginate"
 
 
+def test_embedded_object_store_hands_large_answers_on_in_slices() -> None:
+    """The cheroot front hands a large answer on in slices of at most _SLICE bytes, unchanged,
+    small pieces as they are, and closes the application's answer (WSGI)."""
+    closed = []
+
+    class Answer(list):  # type: ignore[type-arg]
+        def close(self) -> None:
+            closed.append(True)
+
+    big, small = os.urandom(objectstore._SLICE * 2 + 17), b"small"
+
+    def app(environ: dict[str, Any], start_response: Any) -> Answer:
+        start_response("200 OK", [])
+        return Answer([small, big])
+
+    started = []
+    pieces = list(objectstore._in_slices(app)({}, lambda *a: started.append(a)))
+    assert started == [("200 OK", [])]
+    assert pieces[0] == small
+    assert b"".join(pieces[1:]) == big
+    assert max(len(p) for p in pieces) <= objectstore._SLICE
+    assert len(pieces) == 4
+    assert closed == [True]
+
+
 def test_embedded_object_store_reads_many_objects_over_one_connection() -> None:
     """get_many answers what boto3's GetObject answers, key by key, and a key that is gone
     yields its error (NoSuchKey) without stopping the others."""

@@ -529,6 +529,34 @@ def list_versions_without_model_serializer() -> None:
     S3Response.list_object_versions = list_object_versions  # type: ignore[method-assign]
 
 
+#: Largest piece of an answer handed to cheroot at once (see ``_in_slices``).
+_SLICE = 1 << 20
+
+
+def _in_slices(app: Any) -> Any:
+    """A WSGI application that hands ``app``'s answer on in pieces of at most ``_SLICE`` bytes.
+
+    moto answers a GetObject with the whole object as one piece, and cheroot's buffered writer
+    sends a large piece slowly (200 MB took 2 s instead of 0.1 s); the bytes are unchanged.
+    """
+    def sliced(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        answer = app(environ, start_response)
+        try:
+            for piece in answer:
+                if len(piece) <= _SLICE:
+                    yield piece
+                    continue
+                view = memoryview(piece)
+                for start in range(0, len(view), _SLICE):
+                    yield bytes(view[start:start + _SLICE])
+        finally:
+            close = getattr(answer, "close", None)
+            if close is not None:
+                close()
+
+    return sliced
+
+
 @contextlib.contextmanager
 def embedded() -> Iterator[ObjectStoreServer]:
     """A moto S3 server on 127.0.0.1 that enforces COMPLIANCE retention like S3 does.
@@ -550,7 +578,8 @@ def embedded() -> Iterator[ObjectStoreServer]:
     # each of an archive's 10 000 GetObject calls paid a TCP connect and a thread. cheroot
     # keeps HTTP/1.1 connections alive and answers from a pool of threads (~0.35 ms less CPU
     # per GetObject). Requests reach the same moto application either way.
-    server = wsgi.Server((LOOPBACK, free_port()), DomainDispatcherApplication(create_backend_app),
+    server = wsgi.Server((LOOPBACK, free_port()),
+                         _in_slices(DomainDispatcherApplication(create_backend_app)),
                          numthreads=8, server_name="caracal-restore-embedded-s3")
     server.prepare()  # bound and listening before the block, or it raises here
     port = server.bind_addr[1]
