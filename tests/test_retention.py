@@ -234,6 +234,28 @@ def export_hour_missing(ctx: Context) -> tuple[RunState, tuple[str, ...]]:
     return ctx.archive_copy(skip=frozenset({_newest_object(ctx)})), ()
 
 
+def row_in_another_hour(ctx: Context) -> tuple[RunState, tuple[str, ...]]:
+    """A restored row's ingested_at moved to a later exported hour: the object of its new hour
+    does not hold it, and the object that does is named with the row's (moved) ingestion time."""
+    hours = {o.hour for o in ctx.archive.objects if o.hour is not None}
+    clone = ctx.clone()
+    with clone.connect() as conn:
+        present = {(z, int(q)) for z, q in conn.execute(
+            "SELECT zone_id::text, chain_seq FROM audit_events").fetchall()}
+        # A surviving row of an hour with a later exported hour.
+        later = {h: min((n for n in hours if h < n), default=None) for h in hours}
+        (zone, seq), target = next(
+            (ident, later[hour]) for ident, row in ctx.archive.rows.items()
+            if ident in present and (hour := hour_of_key(row.key)) is not None
+            and later.get(hour) is not None)
+        assert target is not None
+        moved = conn.execute(
+            "UPDATE audit_events SET ingested_at = %s + (ingested_at - date_trunc('hour',"
+            " ingested_at)) WHERE zone_id = %s AND chain_seq = %s", (target, zone, seq)).rowcount
+        assert moved == 1
+    return clone.state, ()
+
+
 def wrong_hmac_key(ctx: Context) -> tuple[RunState, tuple[str, ...]]:
     """The restored AUDIT_HMAC_KEY is not the key the chain was written with."""
     clone = ctx.clone()
@@ -422,6 +444,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              {"RC-EXP-1": "audit_export_watermark differs from the source's"}),
     Scenario("RC-EXP-2-export-hour-missing", export_hour_missing,
              {"RC-EXP-2": "restored rows but no object audit/"}),
+    Scenario("RC-EXP-2-row-in-another-hour", row_in_another_hour,
+             {"RC-EXP-2": "+00:00) is in audit/"}),
     Scenario("RC-EXP-3-wrong-hmac-key", wrong_hmac_key,
              {"RC-EXP-3": "chain_hmac does not match"}),
     # Evidence lost before export also leaves holes no archive explains: the chain verifier

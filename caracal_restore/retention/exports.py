@@ -189,6 +189,9 @@ def watermark_matches_source(
 # ------------------------------------------------------------------------- RC-EXP-2
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 @dataclasses.dataclass
 class _HourTally:
     rows: int = 0
@@ -199,15 +202,17 @@ def _db_rows(conn: psycopg.Connection[Any], lo: dt.datetime, hi: dt.datetime
              ) -> Iterator[tuple[Any, ...]]:
     """Restored rows with ``ingested_at`` in [lo, hi), streamed (exporter's NULL handling).
 
-    The server computes what is compared per row: the UTC hour of ``ingested_at`` and the
-    export's millisecond ``time`` (``floor(occurred_at µs / 1000)``, exact: ``extract`` is
-    numeric).
+    The server computes what is compared per row: the UTC hour of ``ingested_at`` (seconds
+    since the epoch) and the export's millisecond ``time`` (``floor(occurred_at µs / 1000)``,
+    exact: ``extract`` is numeric). ``ingested_at`` comes as microseconds since the epoch and
+    becomes a datetime only for a message (two datetimes per row cost ~1 s at 1 000 000 rows).
     """
     query = sql.SQL(
         "SELECT zone_id::text, COALESCE(chain_seq, 0), COALESCE(id::text, ''),"
         " COALESCE(content_sha256, ''), COALESCE(chain_hmac, ''),"
         " floor(extract(epoch FROM occurred_at) * 1000)::bigint,"
-        " date_trunc('hour', ingested_at AT TIME ZONE 'UTC'), ingested_at,"
+        " extract(epoch FROM date_trunc('hour', ingested_at AT TIME ZONE 'UTC'))::bigint,"
+        " floor(extract(epoch FROM ingested_at) * 1000000)::bigint,"
         " COALESCE(decision, ''), COALESCE(event_type, ''), COALESCE(request_id, '')"
         " FROM {} WHERE ingested_at >= %s AND ingested_at < %s"
     ).format(sql.Identifier(AUDIT_TABLE))
@@ -259,14 +264,14 @@ def hours_exported(
     tallies: dict[dt.datetime, _HourTally] = collections.defaultdict(_HourTally)
     wrong: list[str] = []
     checked = 0
-    keys: dict[dt.datetime, tuple[dt.datetime, str]] = {}
-    for (zone, seq, event_id, content, mac, time_ms, hour_utc, ingested, decision, etype,
+    keys: dict[int, tuple[dt.datetime, str]] = {}
+    for (zone, seq, event_id, content, mac, time_ms, hour_epoch, ingested_us, decision, etype,
          req) in _db_rows(conn, first, watermark + _HOUR):
         checked += 1
-        known = keys.get(hour_utc)
+        known = keys.get(hour_epoch)
         if known is None:
-            hour = hour_utc.replace(tzinfo=dt.UTC)
-            known = keys[hour_utc] = (hour, object_key(hour))
+            hour = dt.datetime.fromtimestamp(hour_epoch, dt.UTC)
+            known = keys[hour_epoch] = (hour, object_key(hour))
         hour, key = known
         tally = tallies[hour]
         tally.rows += 1
@@ -274,6 +279,7 @@ def hours_exported(
         if row is None or row.key != key:
             tally.missing.append(int(seq))
             if row is not None:
+                ingested = _EPOCH + dt.timedelta(microseconds=ingested_us)
                 wrong.append(f"zone {zone} chain_seq {seq} (ingested {iso(ingested)}) is in "
                              f"{row.key}, not {key}")
             continue
