@@ -41,6 +41,7 @@ from psycopg import pq, sql
 from caracal_restore.chainhash import (
     AUDIT_CANONICAL_SELECT,
     AUDIT_HASH_SELECT,
+    EPOCH,
     SEP,
     admin_content_hash,
     chain_hmac,
@@ -363,9 +364,7 @@ def _partition_of(partitions: Sequence[Partition], micros: int) -> Partition | N
 
 def _month(micros: int) -> str:
     """YYYY-MM (UTC) of a Unix-microsecond timestamp."""
-    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)).strftime(
-        "%Y-%m"
-    )
+    return (EPOCH + dt.timedelta(microseconds=micros)).strftime("%Y-%m")
 
 
 def chain_heads(

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from caracal_restore import audit_chain
+from caracal_restore.chainhash import EPOCH
 from caracal_restore.parquet_export import ArchiveIndex, ArchiveRow
 from caracal_restore.retention.common import (
     AUDIT_DEFAULT_PARTITION,
@@ -306,7 +307,7 @@ def chain_holes(conn: psycopg.Connection[Any]) -> ChainHoles:
 
 def occurred(row: ArchiveRow) -> dt.datetime:
     """The (millisecond) occurred_at of an exported event."""
-    return dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(milliseconds=row.time_ms)
+    return EPOCH + dt.timedelta(milliseconds=row.time_ms)
 
 
 def missing_rows_are_retention(

@@ -23,6 +23,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from caracal_restore import fingerprint as fp
+from caracal_restore.chainhash import EPOCH
 from caracal_restore.environments.objectstore import ObjectInfo, ObjectStore
 from caracal_restore.parquet_export import (
     WATERMARK_NAME,
@@ -189,9 +190,6 @@ def watermark_matches_source(
 # ------------------------------------------------------------------------- RC-EXP-2
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
 @dataclasses.dataclass
 class _HourTally:
     rows: int = 0
@@ -279,7 +277,7 @@ def hours_exported(
         if row is None or row.key != key:
             tally.missing.append(int(seq))
             if row is not None:
-                ingested = _EPOCH + dt.timedelta(microseconds=ingested_us)
+                ingested = EPOCH + dt.timedelta(microseconds=ingested_us)
                 wrong.append(f"zone {zone} chain_seq {seq} (ingested {iso(ingested)}) is in "
                              f"{row.key}, not {key}")
             continue
