@@ -219,7 +219,7 @@ def test_embedded_object_store_lists_versions_as_moto_serializes_them() -> None:
             S3Response.list_object_versions = direct  # type: ignore[method-assign]
     for ask, mine, theirs in zip(asks, ours, motos, strict=True):
         assert mine == theirs, ask
-    assert any(m.get("DeleteMarkers") for page in ours[0] for m in [page])
+    assert any(page.get("DeleteMarkers") for page in ours[0])
     assert len(ours[3]) > 2, "MaxKeys=2 did not paginate"
 
 

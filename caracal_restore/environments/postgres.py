@@ -198,8 +198,8 @@ def embedded(
         )
         if server.major >= 18:
             # Reads in the backend that asks for them: PostgreSQL 18's default hands them to I/O
-            # worker processes, which on two busy cores cost ~5 s of CPU per 1 000 000-event
-            # run (the I/O workers' 9.6 s against 3 s more in the backends) for no time saved.
+            # worker processes, which took ~9.6 s of CPU in a 1 000 000-event run on two busy
+            # cores, against ~3-5 s more in the backends without them, for no time saved.
             options += " -c io_method=sync"
         run_tool(
             [server.pg_ctl, "-D", datadir, "-o", options, "-l", base / "server.log", "-w",
