@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+from caracal_restore.environments.base import BACKGROUND_NICENESS
 from caracal_restore.inspect import scan_ahead
 from caracal_restore.inspect.assets import scan_bundle_files
 
@@ -17,6 +20,8 @@ def test_background_search_finds_what_a_search_in_place_finds(tmp_path: Path) ->
     search = scan_ahead.start(root, secrets, None, tmp_path / "scan")
     assert search.wait(timeout=120)
     record = (tmp_path / "scan" / scan_ahead.RECORD).read_text()
+    # A background reader: it yields the CPU to the backup and restore it overlaps.
+    assert json.loads(record)["niceness"] == min(19, os.nice(0) + BACKGROUND_NICENESS)
     assert all(value not in record and value.upper() not in record
                for value in secrets.values()), "the record holds a secret value"
 

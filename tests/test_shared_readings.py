@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import textwrap
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from caracal_restore.environments import objectstore
+from caracal_restore.environments.base import BACKGROUND_NICENESS
 from caracal_restore.parquet_export import COLUMNS, ArchiveIndex, arrow_schema, object_key
 from caracal_restore.retention import prefetch
 from caracal_restore.retention.exports import read_index
@@ -65,6 +67,7 @@ def test_background_reading_equals_reading_in_place(tmp_path: Path) -> None:
         assert record is not None, (tmp_path / "cache" / "prefetch.log").read_text()
         direct = read_index(store)
     assert record["rows"] == len(direct.rows) == 4
+    assert record["niceness"] == min(19, os.nice(0) + BACKGROUND_NICENESS)
     assert direct.duplicates == {("z1", 2): [object_key(HOUR),
                                              object_key(HOUR + dt.timedelta(hours=1))]}
     assert any("not-an-export.txt" in p for p in direct.problems)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import secrets as secrets_lib
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from caracal_restore.environments.base import stop_process
+from caracal_restore.environments.base import run_in_background, stop_process
 from caracal_restore.inspect.assets import Leak, LeakScan, scan_bundle_files
 
 RECORD = "scan.json"
@@ -97,13 +98,14 @@ def load(folder: Path | None, root: Path, secrets: Mapping[str, str]) -> LeakSca
 
 def main() -> int:
     """Child process: search the bundle named on stdin, write the record."""
+    run_in_background()
     job: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     secrets: dict[str, str] = job["secrets"]
     pg_restore = Path(job["pg_restore"]) if job["pg_restore"] else None
     scan = scan_bundle_files(Path(job["root"]), secrets, pg_restore=pg_restore)
     salt = secrets_lib.token_hex(16)
     record = {"root": job["root"], "salt": salt, "digest": secrets_digest(secrets, salt),
-              "scan": dataclasses.asdict(scan)}
+              "scan": dataclasses.asdict(scan), "niceness": os.nice(0)}
     folder = Path(job["folder"])
     partial = folder / (RECORD + ".partial")
     partial.write_text(json.dumps(record), encoding="utf-8")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from caracal_restore.environments.base import stop_process
+from caracal_restore.environments.base import run_in_background, stop_process
 from caracal_restore.environments.objectstore import ObjectStoreServer
 
 ENV = "CARACAL_RESTORE_PREFETCH_STORE"
@@ -125,6 +125,7 @@ def _running(folder: Path) -> bool:
 
 def main() -> int:
     """Child process: read the bucket named in the environment, save its index."""
+    run_in_background()
     from caracal_restore.parquet_export import save_rows
     from caracal_restore.retention.exports import read_index_rows
 
@@ -142,7 +143,8 @@ def main() -> int:
                                      encoding="utf-8")
         raise
     record = {"bucket": spec["bucket"], "objects": len(objects), "rows": positions,
-              "started_at": started, "seconds": round(time.time() - started, 3)}
+              "started_at": started, "seconds": round(time.time() - started, 3),
+              "niceness": os.nice(0)}
     (folder / DONE).write_text(json.dumps(record), encoding="utf-8")
     return 0
 
