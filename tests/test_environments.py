@@ -407,3 +407,24 @@ def test_failing_run_stops_every_process(pytester: pytest.Pytester,
     left = list(scratch.iterdir())
     shutil.rmtree(scratch, ignore_errors=True)
     assert not left, f"left behind: {left}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own priority is Linux's")
+def test_lowered_thread_priority_is_that_thread_s_alone() -> None:
+    """The fingerprint's thread yields the CPU to pg_dump; the rest of the process does not."""
+    import threading
+
+    from caracal_restore.environments.base import BACKGROUND_NICENESS, lower_thread_priority
+
+    seen: dict[str, int] = {}
+
+    def task() -> None:
+        lower_thread_priority()
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = threading.Thread(target=task)
+    worker.start()
+    worker.join()
+    assert seen["thread"] == min(19, before + BACKGROUND_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -220,6 +221,17 @@ BACKGROUND_NICENESS = 10
 def run_in_background() -> None:
     """Lower this process's CPU priority to the background readers' (``BACKGROUND_NICENESS``)."""
     os.nice(BACKGROUND_NICENESS)
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's CPU priority by ``BACKGROUND_NICENESS`` (for a thread that
+    ends with its task: it cannot be raised again). Linux gives each thread a priority of its
+    own; elsewhere the call would lower the whole process, so it does nothing."""
+    if sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    niceness = os.getpriority(os.PRIO_PROCESS, thread)
+    os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness + BACKGROUND_NICENESS))
 
 
 def stop_process(process: subprocess.Popen[bytes], *, grace: float,
