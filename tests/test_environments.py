@@ -428,3 +428,75 @@ def test_lowered_thread_priority_is_that_thread_s_alone() -> None:
     worker.join()
     assert seen["thread"] == min(19, before + BACKGROUND_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_embedded_object_store_answers_plain_gets_as_moto_does() -> None:
+    """A plain GetObject answered from moto's stored object has moto's own status, headers and
+    bytes (plain, with metadata and content type, under a COMPLIANCE lock, a second version);
+    any other GET (a range, a version, a condition, a missing key, a delete marker, escaped
+    characters) is moto's to answer."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.test import Client
+
+    with objectstore.embedded() as srv:
+        plain = srv.bucket(f"plain-{os.getpid()}-{time.monotonic_ns()}", create=True)
+        locked = srv.bucket(f"locked-{os.getpid()}-{time.monotonic_ns()}", create=True,
+                            object_lock=True, compliance_days=1)
+        plain.client.put_object(Bucket=plain.bucket, Key="a/plain.bin", Body=b"\x00plain\xff")
+        plain.client.put_object(Bucket=plain.bucket, Key="a/meta.json", Body=b"{}",
+                                ContentType="application/json", Metadata={"origin": "test"})
+        plain.client.put_object(Bucket=plain.bucket, Key="a/gone", Body=b"x")
+        plain.client.delete_object(Bucket=plain.bucket, Key="a/gone")
+        plain.client.put_object(Bucket=plain.bucket, Key="a/sp ace", Body=b"escaped")
+        assert locked.put("audit/2026/11/24/2026-11-24T00.parquet", b"PAR1" * 1000)
+        locked.client.put_object(Bucket=locked.bucket, Key="audit/v", Body=b"first")
+        second = locked.client.put_object(Bucket=locked.bucket, Key="audit/v", Body=b"second")
+
+        moto = DomainDispatcherApplication(create_backend_app)
+        asked: list[str] = []
+
+        def counted(environ: dict[str, Any], start_response: Any) -> Any:
+            asked.append(environ["PATH_INFO"])
+            return moto(environ, start_response)
+
+        ours, theirs = (Client(objectstore._plain_gets_answered_directly(counted)),
+                        Client(moto))
+        host = srv.endpoint_url.split("//", 1)[1]
+        signed = {"Host": host, "User-Agent": "caracal-restore-test",
+                  "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20261124/us-east-1/s3/"
+                                   "aws4_request, SignedHeaders=host, Signature=0"}
+
+        def both(path: str, **headers: str) -> tuple[Any, Any]:
+            return (ours.get(path, headers={**signed, **headers}),
+                    theirs.get(path, headers={**signed, **headers}))
+
+        direct = (f"/{plain.bucket}/a/plain.bin", f"/{plain.bucket}/a/meta.json",
+                  f"/{locked.bucket}/audit/2026/11/24/2026-11-24T00.parquet",
+                  f"/{locked.bucket}/audit/v")
+        for path in direct:
+            mine, moto_answer = both(path)
+            assert (mine.status_code, mine.data) == (moto_answer.status_code, moto_answer.data)
+            assert mine.status_code == 200, path
+
+            def comparable(answer: Any) -> dict[str, str]:
+                return {k.lower(): v for k, v in answer.headers.items()
+                        if k.lower() not in ("x-amzn-requestid", "date", "server")}
+
+            assert comparable(mine) == comparable(moto_answer), path
+            assert len(mine.headers["x-amzn-requestid"]) == 52
+        assert asked == [], "a plain GET went through moto's routing"
+        mine, _ = both(f"/{locked.bucket}/audit/v")
+        assert (mine.headers["x-amz-version-id"], mine.data) == (second["VersionId"], b"second")
+        assert mine.headers["x-amz-object-lock-mode"] == "COMPLIANCE"
+
+        others = ((f"/{plain.bucket}/a/plain.bin", {"Range": "bytes=1-3"}),
+                  (f"/{plain.bucket}/a/plain.bin", {"If-None-Match": "x"}),
+                  (f"/{plain.bucket}/a/plain.bin", {"x-amz-checksum-mode": "ENABLED"}),
+                  (f"/{plain.bucket}/a/plain.bin?versionId=null", {}),
+                  (f"/{plain.bucket}/a/missing", {}), (f"/{plain.bucket}/a/gone", {}),
+                  (f"/{plain.bucket}/a/sp%20ace", {}), (f"/no-such-bucket-{os.getpid()}/k", {}))
+        for path, headers in others:
+            asked.clear()
+            mine, moto_answer = both(path, **headers)
+            assert mine.status_code == moto_answer.status_code, (path, headers)
+            assert asked, f"{path} {headers} was not handed to moto"
