@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -98,12 +97,6 @@ def restore_roles(target: PostgresServer, globals_sql: Path) -> tuple[str, list[
     return output, notes
 
 
-#: pg_restore's parallel jobs. restore.sh restores with one; the objects restored are the same,
-#: and the data of the audit partitions and their indexes are built side by side (a 1 000 000-
-#: event dump: 9.5 s with one job, 7.0 s with two, on 2 cores).
-RESTORE_JOBS = max(1, min(4, os.cpu_count() or 1))
-
-
 def restore_database(target: PostgresServer, logical: str, dump: Path, owner: str) -> PgEndpoint:
     """Create the database (refusing a non-empty one) and pg_restore the dump into it."""
     endpoint = target.create_database(logical)
@@ -115,7 +108,7 @@ def restore_database(target: PostgresServer, logical: str, dump: Path, owner: st
     try:
         run_tool(
             [target.tools.path("pg_restore"), "--exit-on-error", "--no-password",
-             f"--jobs={RESTORE_JOBS}", "-d", endpoint.dbname, dump],
+             "-d", endpoint.dbname, dump],
             env=target.admin.libpq_env(), what=f"pg_restore of {logical}", timeout=7200,
         )
     except RuntimeError as exc:
