@@ -539,6 +539,8 @@ _NOT_PLAIN = ("HTTP_RANGE", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODI
               "HTTP_X_AMZ_SERVER_SIDE_ENCRYPTION_CUSTOMER_KEY")
 #: Object keys answered directly: no character that a path could carry escaped or folded.
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9._~=/-]+")
+#: The region of a SigV4 ``Authorization`` header (moto takes the third field of its scope).
+_SIGV4_SCOPE = re.compile(r"^AWS4-HMAC-SHA256 Credential=[^/,]+/[0-9]{8}/([^/,]+)/s3/aws4_request,")
 
 
 def _plain_gets_answered_directly(app: Any) -> Any:
@@ -575,13 +577,13 @@ def _plain_gets_answered_directly(app: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         bucket_name, _, key_name = path[1:].partition("/")
         authorization = environ.get("HTTP_AUTHORIZATION", "")
+        scope = _SIGV4_SCOPE.search(authorization)
         if (not key_name or not _PLAIN_KEY.fullmatch(path) or "//" in path
-                or environ.get("REQUEST_URI", path) != path or "AWS4" not in authorization):
+                or environ.get("REQUEST_URI", path) != path or scope is None):
             return None
         found = access_key.search(authorization)
         account = get_account_id_from(found.group(1) if found else "AKIAEXAMPLE")
-        region = authorization.split(",")[0].split("/")[2]
-        bucket = s3_backends[account][get_partition(region)].buckets.get(bucket_name)
+        bucket = s3_backends[account][get_partition(scope.group(1))].buckets.get(bucket_name)
         if bucket is None or bucket.policy or bucket.logging:
             return None
         key = bucket.keys.get(key_name)
