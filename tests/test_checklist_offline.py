@@ -128,7 +128,7 @@ def test_every_offline_check_passes_on_an_untouched_copy(run: PreparedRun,
     assert_only(outcomes, {})
     names = set(outcomes)
     assert {group(g) for g, _t in PROFILE.table_groups} <= names
-    assert "test_verify_c_audit_role_cannot_change_audit_rows" in names  # destructive, included
+    assert "test_verify_c_audit_role_cannot_change_audit_rows" in names
 
 
 # ------------------------------------------------------------------------- fault injection
@@ -413,3 +413,61 @@ def test_scratch_clones_are_made_while_checks_read_the_restored_database(
             assert copied == take_fingerprint(reading, parts=("tables",))["tables"]
         finally:
             run.stack.pg.drop_database(name)
+
+
+#: Grants to the probed role, and what verify.sh's UPDATE and DELETE meet when really run.
+_GRANTS = (
+    ("none", "", ["denied", "denied"]),
+    ("update", "GRANT UPDATE ON audit_events TO {role}", ["allowed", "denied"]),
+    ("delete", "GRANT DELETE ON audit_events TO {role}", ["denied", "allowed"]),
+    ("update-its-column", "GRANT UPDATE (decision) ON audit_events TO {role}",
+     ["allowed", "denied"]),
+    ("update-another-column", "GRANT UPDATE (zone_id) ON audit_events TO {role}",
+     ["denied", "denied"]),
+    ("all", "GRANT ALL ON audit_events TO {role}", ["allowed", "allowed"]),
+)
+
+
+def test_write_probes_meet_the_verdict_the_statements_meet_when_run(run: PreparedRun) -> None:
+    """RC-3.3c puts verify.sh's UPDATE and DELETE to the server with EXPLAIN in a read-only
+    transaction, on the restored database itself: for every kind of grant it must be refused
+    or allowed exactly when the statement, really run as the role, is — and write nothing."""
+    import psycopg
+    from psycopg import sql
+
+    pg = run.stack.pg
+    role = f"probe_role_{uuid.uuid4().hex[:8]}"
+    db = pg.create_database(f"probe_{uuid.uuid4().hex[:8]}")
+    with pg.connect() as admin:
+        admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    try:
+        for name, grant, expected in _GRANTS:
+            with psycopg.connect(db.conninfo(), autocommit=True) as owner:
+                owner.execute("DROP TABLE IF EXISTS audit_events")
+                owner.execute("CREATE TABLE audit_events (zone_id text, decision text)"
+                              " PARTITION BY LIST (zone_id)")
+                owner.execute("CREATE TABLE audit_events_z PARTITION OF audit_events"
+                              " FOR VALUES IN ('z')")
+                owner.execute("INSERT INTO audit_events VALUES ('z', 'allow')")
+                if grant:
+                    owner.execute(grant.format(role=role))
+                really = []
+                for _verb, statement in inspect_migrations.AUDIT_WRITE_PROBES:
+                    try:
+                        with owner.transaction(force_rollback=True):
+                            owner.execute(sql.SQL("SET LOCAL ROLE {}").format(
+                                sql.Identifier(role)))
+                            owner.execute(statement)
+                        really.append("allowed")
+                    except psycopg.errors.InsufficientPrivilege:
+                        really.append("denied")
+            with psycopg.connect(db.read_only().conninfo(), autocommit=True) as reading:
+                probes = inspect_migrations.audit_write_probes(reading, role)
+                assert [p.outcome for p in probes] == really, name
+                assert reading.execute("SELECT zone_id, decision FROM audit_events"
+                                       ).fetchall() == [("z", "allow")]
+            assert really == expected, name
+    finally:
+        pg.drop_database(db.dbname)
+        with pg.connect() as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -4,8 +4,8 @@ At 2026.06 "run migration verification" meant ``validateMigrations.sh``, which r
 migrations and creates a login role (FACTS-2026.06 §1.4). The suite keeps its evidence and
 drops its writes: the ledger is compared with the release's exact versions and with the
 source's, and ``verify.sh``'s checks a-f are evaluated on the restored database — check c
-(audit rows cannot be changed by the audit role) inside a transaction that is rolled back,
-check f against the backup's own month rather than today's.
+(audit rows cannot be changed by the audit role) by having the server authorise its statements
+without running them, check f against the backup's own month rather than today's.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def present_tables(conn: Conn, names: Sequence[str]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class WriteProbe:
-    """One write attempted as the audit role inside a rolled-back transaction."""
+    """One of verify.sh's writes, authorised (or refused) by the server for the audit role."""
 
     statement: str
     outcome: str  # denied | allowed
@@ -102,9 +102,13 @@ class WriteProbe:
 def audit_write_probes(conn: Conn, role: str) -> list[WriteProbe]:
     """verify.sh check c: as ``role``, UPDATE and DELETE on audit_events must be refused.
 
-    Each statement runs in its own transaction under ``SET LOCAL ROLE`` and is rolled back;
-    the statements select no row, so nothing changes even where they are allowed. Only a
-    privilege error (42501) counts as refused; any other error cannot decide the control.
+    Each statement is put to the server as ``EXPLAIN <statement>`` under ``SET LOCAL ROLE``, in
+    a read-only transaction that is rolled back. PostgreSQL checks the role's privileges on every
+    table a statement writes when it starts the statement's plan, for ``EXPLAIN`` as for the
+    statement itself (and before a read-only transaction would refuse a write), so the verdict is
+    the one the statement would meet, while nothing can be written: this runs on the restored
+    database itself. Only a privilege error (42501) counts as refused; any other error cannot
+    decide the control.
     """
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if not exists:
@@ -115,8 +119,9 @@ def audit_write_probes(conn: Conn, role: str) -> list[WriteProbe]:
     for verb, statement in AUDIT_WRITE_PROBES:
         try:
             with conn.transaction(force_rollback=True):
+                conn.execute("SET TRANSACTION READ ONLY")
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-                conn.execute(statement)
+                conn.execute("EXPLAIN " + statement)
             out.append(WriteProbe(statement, "allowed", None,
                                   f"{role} may {verb} audit_events"))
         except pg_errors.InsufficientPrivilege as exc:
