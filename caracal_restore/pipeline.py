@@ -15,7 +15,6 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -180,15 +179,10 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
             if ok:
                 assert restored is not None
                 assert opened is not None
-                # Copied beside the services' start and not waited for: until the copy is
-                # done, PostgreSQL holds new sessions of the restored database back (the copy
-                # locks its source), so no check reads it half-way; scratch_db waits the same.
+                # Only named here: copied before the checks run if one of them writes
+                # (fixtures.restore), and dropped, if it was, when the run ends.
                 scratch_template = stack.pg.database_name(SCRATCH_TEMPLATE)
                 exits.callback(stack.pg.drop_database, scratch_template)
-                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratch-template")
-                template = pool.submit(stack.pg.create_database, SCRATCH_TEMPLATE,
-                                       template=restored.databases["caracal"].dbname)
-                exits.callback(_made, template, pool)
                 services = _services(spec, stack, opened, restored, source_secrets, work,
                                      exits, release=release)
         # Not waited for: the check processes wait for its record (``prefetch.completed``).
@@ -331,21 +325,10 @@ def _read_secrets(root: Path) -> dict[str, str]:
     return {name: store.read(name) for name in store.names()}
 
 
-#: A copy of the restored ``caracal`` that no check connects to, made while the services start:
-#: PostgreSQL copies a database only while no other session is connected to it, and the checks
-#: read the restored database the whole run, so the destructive checks' ``scratch_db`` clones
-#: are made from this copy instead (or, if it could not be made, from the restored one).
+#: A copy of the restored ``caracal`` that no check connects to, for the destructive checks'
+#: ``scratch_db`` clones: PostgreSQL copies a database only while no other session is connected
+#: to it, and the checks read the restored database the whole run.
 SCRATCH_TEMPLATE = "caracal_scratch_template"
-
-
-def _made(copy: Future[PgEndpoint], pool: ThreadPoolExecutor) -> None:
-    """At the end of the run: wait for the scratch template's copy; log it if it failed."""
-    pool.shutdown(wait=True)
-    try:
-        copy.result()
-    except (psycopg.Error, SuiteError) as exc:
-        log.warning("no scratch template (the destructive checks cloned the restored database "
-                    "itself): %s", REDACTOR(str(exc)))
 
 
 def _release(requested: str, db: PgEndpoint) -> str:

@@ -93,8 +93,9 @@ class RunState:
     #: it restored (``inspect.scan_ahead``): the check processes load it when it searched for
     #: exactly the secrets they read back.
     secret_scan: str | None = None
-    #: A copy of the restored ``caracal`` no check connects to: ``scratch_db`` clones it (a
-    #: database with other sessions cannot be copied).
+    #: Where a copy of the restored ``caracal`` that no check connects to is made, before the
+    #: checks run, when one of them uses ``scratch_db``, which clones it (a database with other
+    #: sessions cannot be copied).
     scratch_template: str | None = None
     reference: dict[str, Any] | None = None
     #: Phase name -> why it failed; checks depending on it are reported broken with this text.

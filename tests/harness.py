@@ -173,8 +173,8 @@ def clone_run(run: PreparedRun, *, services: bool = False) -> Iterator[ClonedRun
                 state,
                 stack=stack_data,
                 restored_databases={**state.restored_databases, "caracal": db},
-                # The run's scratch template is a copy of the original restored database; the
-                # defects are injected into this clone, so scratch_db must clone the clone.
+                # No scratch template: it would be named for the original restored database, but
+                # the defects are injected into this clone, so scratch_db must clone the clone.
                 scratch_template=None,
                 restored_redis=redis_endpoint,
                 restored_replay={k: str(v) for k, v in replay.items()},

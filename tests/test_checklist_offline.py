@@ -387,32 +387,41 @@ def test_ledger_diff_names_missing_extra_and_repeated() -> None:
 
 
 
-def test_scratch_clones_are_made_while_checks_read_the_restored_database(
-        run: PreparedRun) -> None:
+def test_scratch_template_is_copied_before_checks_that_write(
+        run: PreparedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PostgreSQL copies a database only while no other session is connected to it, and the
-    checks read the restored one the whole run: the destructive checks clone the run's scratch
-    template instead, an equal copy no check connects to."""
-    import psycopg
-    from psycopg import sql
+    checks read the restored one the whole run: when a selected check requests ``scratch_db``,
+    the run copies a scratch template before any check starts (here under two workers), and
+    each clone is made from it while the other checks read. A run without one makes no copy."""
+    from fixtures.restore import copy_scratch_template
 
-    from caracal_restore.fingerprint import take_fingerprint
-
-    state = run.state
-    restored = state.restored_databases["caracal"]
+    state, pg = run.state, run.stack.pg
     assert state.scratch_template
-    assert state.scratch_template != restored.dbname
-    name = f"scratch_probe_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(restored.conninfo(), autocommit=True) as reading:
-        reading.execute("SELECT count(*) FROM audit_events")  # another check, reading
-        with run.stack.pg.connect() as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(state.scratch_template)))
-        try:
-            with psycopg.connect(restored.with_db(name).conninfo(), autocommit=True) as clone:
-                copied = take_fingerprint(clone, parts=("tables",))["tables"]
-            assert copied == take_fingerprint(reading, parts=("tables",))["tables"]
-        finally:
-            run.stack.pg.drop_database(name)
+    assert state.scratch_template != state.restored_databases["caracal"].dbname
+
+    def template_exists() -> bool:
+        with pg.connect() as admin:
+            return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                 (state.scratch_template,)).fetchone() is not None
+
+    assert not template_exists(), "the run copied a scratch template no check asked for"
+    probe = tmp_path / "probe.txt"
+    monkeypatch.setenv("SCRATCH_PROBE_OUT", str(probe))
+    try:
+        outcomes = run_checks_on(state, "-n", "2", "-p", "tests.scratch_probe", "-k",
+                                 "test_verify_a or test_verify_b or test_verify_d",
+                                 workdir=tmp_path)
+        assert sorted(outcomes) == ["test_verify_a_tables_exist",
+                                    "test_verify_b_retired_tables_absent",
+                                    "test_verify_d_immutability_triggers"]
+        assert {o.status for o in outcomes.values()} == {"passed"}, outcomes
+        seen = dict(line.split() for line in probe.read_text().splitlines())
+        assert seen == dict.fromkeys(outcomes, "1"), seen
+        # Made once: a second copy is refused (and logged), never made over the first.
+        assert template_exists()
+        assert not copy_scratch_template(pg, state)
+    finally:
+        pg.drop_database(state.scratch_template)
 
 
 #: Grants to the probed role, and what verify.sh's UPDATE and DELETE meet when really run.
