@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from caracal_restore import audit_chain
+from caracal_restore import audit_chain, pgcopy
 from caracal_restore.audit_chain import (
     STREAM_COLUMNS,
     chain_heads,
@@ -61,7 +61,7 @@ def hash_limit(job: dict[str, Any]) -> dict[str, Any]:
         for data in copy:
             line = bytes(data)
             if b"\\" in line:
-                fields = audit_chain._split_escaped(line)
+                fields = pgcopy.split_escaped(line)
                 stored, prev = fields[2] or b"", fields[3] or b""
                 message = SEP.join(f or b"" for f in fields[5:])
             else:

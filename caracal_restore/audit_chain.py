@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import pickle
-import re
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ from caracal_restore.chainhash import (
     content_hash_parts,
     parse_hmac_key,
 )
+from caracal_restore.pgcopy import split_escaped
 from caracal_restore.redact import REDACTOR
 
 #: Finding kinds, in report order.
@@ -671,8 +671,6 @@ STREAM_COLUMNS = (
 _LINK_MOD = 1 << 128
 _NO_SEQ = 1 << 64
 _NO_PENDING = -(1 << 70)  # never a chain_seq, nor one less than a chain_seq
-_COPY_ESCAPES = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
-_ESCAPE_RE = re.compile(rb"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)", re.DOTALL)
 
 
 def stream_query(relation: str = "audit_events", zones: Collection[str] | None = None
@@ -682,27 +680,6 @@ def stream_query(relation: str = "audit_events", zones: Collection[str] | None =
     if zones is not None:
         where, params = " WHERE zone_id = ANY(%s)", (sorted(zones),)
     return f"COPY (SELECT {STREAM_COLUMNS} FROM {relation}{where}) TO STDOUT", params
-
-
-def _unescape(field: bytes) -> bytes | None:
-    """One field of ``COPY … TO STDOUT`` text format as the server holds it (None: NULL)."""
-    if field == b"\\N":
-        return None
-
-    def one(m: re.Match[bytes]) -> bytes:
-        code = m.group(1)
-        if code[:1] == b"x" and len(code) > 1:
-            return bytes([int(code[1:], 16)])
-        if code[:1].isdigit():
-            return bytes([int(code, 8) & 0xFF])
-        return _COPY_ESCAPES.get(code, code)
-
-    return _ESCAPE_RE.sub(one, field)
-
-
-def _split_escaped(line: bytes) -> list[bytes | None]:
-    """Every field of a text COPY line that holds escapes (tabs inside values are escaped)."""
-    return [_unescape(f) for f in line.rstrip(b"\n").split(b"\t")]
 
 
 class _ZoneTally:
@@ -768,7 +745,7 @@ class _ZoneTally:
             return False
         if self.rows != self.max_seq - self.min_seq + 1:
             return False
-        first = _split_escaped(self.min_line) if b"\\" in self.min_line else \
+        first = split_escaped(self.min_line) if b"\\" in self.min_line else \
             self.min_line.rstrip(b"\n").split(b"\t")
         ends = link_value(self.max_seq, self.max_content) - link_value(self.min_seq - 1,
                                                                          first[3] or b"")
@@ -777,7 +754,7 @@ class _ZoneTally:
     def first_row(self) -> tuple[Any, ...]:
         """The zone's first row in the ordered scan's layout (``_AUDIT_SELECT``)."""
         line = self.min_line
-        f = _split_escaped(line) if b"\\" in line else line.rstrip(b"\n").split(b"\t")
+        f = split_escaped(line) if b"\\" in line else line.rstrip(b"\n").split(b"\t")
         text = [(v or b"").decode("utf-8", "replace") for v in f[2:17]]
         return (int(f[1] or 0), *text, int(f[17] or 0) // 1000)
 
@@ -827,7 +804,7 @@ def tally_stream(
             message = rest[:-1].replace(b"\t", SEP)
             ident = None
         else:  # escapes (a backslash, a control character, a NULL): field by field
-            f = _split_escaped(line)
+            f = split_escaped(line)
             if len(f) != 18 or any(v is None for v in (f[0], *f[2:])):
                 zone_b = f[0] or b""
                 bad = tallies.setdefault(zone_b, _ZoneTally(zone_b.decode("utf-8", "replace")))

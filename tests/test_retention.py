@@ -771,3 +771,40 @@ def test_stream_bounds_warn_and_fail() -> None:
     result = streams.stream_bounds(FakeRedis({"a": ("hash", 0)}), specs)
     assert not result.ok
     assert "a is a hash, not a stream" in result.message()
+
+
+def test_export_rows_read_as_copy_equal_the_servers_values(run: PreparedRun) -> None:
+    """RC-EXP-2 reads the restored rows through COPY text and splits them itself: values that
+    COPY escapes (a tab, a newline, a backslash) and NULLs must come out as the server holds
+    them, exactly as a cursor returns the same expressions."""
+    import psycopg
+    from psycopg import sql
+
+    from caracal_restore.retention import exports
+
+    pg = run.stack.pg
+    db = pg.create_database(f"copyrows_{uuid.uuid4().hex[:8]}")
+    try:
+        with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE audit_events (zone_id text, chain_seq bigint, id uuid,"
+                " content_sha256 text, chain_hmac text, occurred_at timestamptz,"
+                " ingested_at timestamptz, decision text, event_type text, request_id text)")
+            conn.execute(
+                "INSERT INTO audit_events VALUES"
+                " ('z1', 1, gen_random_uuid(), 'c1', 'h1', '2026-01-01 00:00:00.123456+00',"
+                "  '2026-01-01 00:30:00+00', 'allow', 'token_exchange', 'plain'),"
+                " ('z\ttab', 2, gen_random_uuid(), 'c2', NULL, '2026-01-01 00:10:00+00',"
+                "  '2026-01-01 00:40:00.999999+00', 'deny', 'e\nline', 'back\\slash'),"
+                " (NULL, NULL, NULL, NULL, NULL, NULL, '2026-01-01 01:00:00+00', NULL, NULL,"
+                "  E'\\x01\\x7f')")
+            lo = dt.datetime(2025, 12, 31, tzinfo=dt.UTC)
+            hi = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+            got = sorted(exports._db_rows(conn, lo, hi), key=repr)
+            select = sql.SQL(exports._db_rows_query().as_string(conn)
+                             .removeprefix("COPY (").removesuffix(") TO STDOUT"))
+            expected = sorted((tuple(r) for r in conn.execute(select, (lo, hi))), key=repr)
+        assert len(got) == 3
+        assert got == expected
+    finally:
+        pg.drop_database(db.dbname)

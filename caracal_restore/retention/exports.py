@@ -34,6 +34,7 @@ from caracal_restore.parquet_export import (
     read_archive_rows,
     verify_archive_chain,
 )
+from caracal_restore.pgcopy import copy_line_batches, split_escaped
 from caracal_restore.retention.audit import ChainHoles
 from caracal_restore.retention.common import (
     AUDIT_TABLE,
@@ -204,20 +205,42 @@ def _db_rows(conn: psycopg.Connection[Any], lo: dt.datetime, hi: dt.datetime
     since the epoch) and the export's millisecond ``time`` (``floor(occurred_at µs / 1000)``,
     exact: ``extract`` is numeric). ``ingested_at`` comes as microseconds since the epoch and
     becomes a datetime only for a message (two datetimes per row cost ~1 s at 1 000 000 rows).
+    The rows come through ``COPY … TO STDOUT`` (text) and are split here: 2.6 s of CPU at
+    1 000 000 rows, client and server, where a server-side cursor took 3.8 s.
     """
-    query = sql.SQL(
-        "SELECT zone_id::text, COALESCE(chain_seq, 0), COALESCE(id::text, ''),"
+    query = _db_rows_query()
+    encoding = conn.info.encoding
+    for lines in copy_line_batches(conn, query, (lo, hi)):
+        for line in lines:
+            if b"\\" in line:  # a NULL, or an escaped tab, newline or backslash in a value
+                yield _typed(split_escaped(line), encoding)
+                continue
+            f = line.decode(encoding).split("\t")
+            yield (f[0], int(f[1]), f[2], f[3], f[4], int(f[5]), int(f[6]), int(f[7]), f[8],
+                   f[9], f[10])
+
+
+def _db_rows_query() -> sql.Composed:
+    """The ``COPY`` statement of ``_db_rows`` (parameters: low and high ``ingested_at``)."""
+    return sql.SQL(
+        "COPY (SELECT zone_id::text, COALESCE(chain_seq, 0), COALESCE(id::text, ''),"
         " COALESCE(content_sha256, ''), COALESCE(chain_hmac, ''),"
         " floor(extract(epoch FROM occurred_at) * 1000)::bigint,"
         " extract(epoch FROM date_trunc('hour', ingested_at AT TIME ZONE 'UTC'))::bigint,"
         " floor(extract(epoch FROM ingested_at) * 1000000)::bigint,"
         " COALESCE(decision, ''), COALESCE(event_type, ''), COALESCE(request_id, '')"
-        " FROM {} WHERE ingested_at >= %s AND ingested_at < %s"
+        " FROM {} WHERE ingested_at >= %s AND ingested_at < %s) TO STDOUT"
     ).format(sql.Identifier(AUDIT_TABLE))
-    with conn.transaction(), conn.cursor(name="caracal_retention_export_rows") as cur:
-        cur.itersize = 20000
-        cur.execute(query, (lo, hi))
-        yield from cur
+
+
+#: Fields of ``_db_rows`` that are integers (chain_seq, time, hour, ingested µs).
+_INTS = frozenset({1, 5, 6, 7})
+
+
+def _typed(fields: list[bytes | None], encoding: str) -> tuple[Any, ...]:
+    """One row of ``_db_rows`` from its unescaped fields (a NULL stays None)."""
+    return tuple(None if v is None else int(v) if i in _INTS else v.decode(encoding)
+                 for i, v in enumerate(fields))
 
 
 def hours_exported(
