@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from caracal_restore.inspect import CannotEvaluate
 from caracal_restore.inspect import migrations as inspect_migrations
 from caracal_restore.profiles.registry import profile_for
 from caracal_restore.runstate import RunState
@@ -440,7 +441,8 @@ _GRANTS = (
 def test_write_probes_meet_the_verdict_the_statements_meet_when_run(run: PreparedRun) -> None:
     """RC-3.3c puts verify.sh's UPDATE and DELETE to the server with EXPLAIN in a read-only
     transaction, on the restored database itself: for every kind of grant it must be refused
-    or allowed exactly when the statement, really run as the role, is — and write nothing."""
+    or allowed exactly when the statement, really run as the role, is — and write nothing;
+    where a statement-level trigger could refuse what the grants allow, it cannot decide."""
     import psycopg
     from psycopg import sql
 
@@ -476,6 +478,22 @@ def test_write_probes_meet_the_verdict_the_statements_meet_when_run(run: Prepare
                 assert reading.execute("SELECT zone_id, decision FROM audit_events"
                                        ).fetchall() == [("z", "allow")]
             assert really == expected, name
+        # A statement-level trigger fires when verify.sh runs the statement, not when it is
+        # explained: where the role may write, the probe cannot decide what verify.sh would see.
+        with psycopg.connect(db.conninfo(), autocommit=True) as owner:
+            owner.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                          " $$BEGIN RAISE EXCEPTION 'append-only'; END$$")
+            owner.execute("CREATE TRIGGER refuse_writes BEFORE UPDATE OR DELETE ON audit_events"
+                          " FOR EACH STATEMENT EXECUTE FUNCTION refuse()")
+        with psycopg.connect(db.read_only().conninfo(), autocommit=True) as reading, \
+                pytest.raises(CannotEvaluate, match="refuse_writes"):
+            inspect_migrations.audit_write_probes(reading, role)
+        with psycopg.connect(db.conninfo(), autocommit=True) as owner:
+            owner.execute(sql.SQL("REVOKE ALL ON audit_events FROM {}").format(
+                sql.Identifier(role)))
+        with psycopg.connect(db.read_only().conninfo(), autocommit=True) as reading:
+            assert [p.outcome for p in inspect_migrations.audit_write_probes(reading, role)] == [
+                "denied", "denied"]  # refused by privileges: the trigger never gets a say
     finally:
         pg.drop_database(db.dbname)
         with pg.connect() as admin:

@@ -108,7 +108,8 @@ def audit_write_probes(conn: Conn, role: str) -> list[WriteProbe]:
     statement itself (and before a read-only transaction would refuse a write), so the verdict is
     the one the statement would meet, while nothing can be written: this runs on the restored
     database itself. Only a privilege error (42501) counts as refused; any other error cannot
-    decide the control.
+    decide the control, nor can a statement the role may run when a statement-level trigger on
+    audit_events (which fires when the statement runs, not when it is explained) might refuse it.
     """
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if not exists:
@@ -131,7 +132,35 @@ def audit_write_probes(conn: Conn, role: str) -> list[WriteProbe]:
                 f"{statement!r} as {role} failed with {exc.sqlstate or type(exc).__name__} "
                 f"({_line(exc)}), not a privilege error: verify.sh's check c cannot be decided"
             ) from None
+    allowed = {verb for (verb, _), probe in zip(AUDIT_WRITE_PROBES, out, strict=True)
+               if probe.outcome == "allowed"}
+    guards = _statement_triggers(conn, allowed)
+    if guards:
+        # verify.sh runs the statement, which fires these (EXPLAIN does not): they may refuse it.
+        raise CannotEvaluate(
+            f"{role} holds the privilege to {' and '.join(sorted(allowed))} audit_events, but "
+            f"statement-level trigger(s) {', '.join(guards)} on it would fire on verify.sh's "
+            "statements and may refuse them: verify.sh's check c cannot be decided without "
+            "running them"
+        )
     return out
+
+
+#: pg_trigger.tgtype bits: row-level, DELETE, UPDATE.
+_TRIGGER_ROW, _TRIGGER_DELETE, _TRIGGER_UPDATE = 1, 8, 16
+
+
+def _statement_triggers(conn: Conn, verbs: set[str]) -> list[str]:
+    """Enabled statement-level triggers on audit_events for any of ``verbs``."""
+    events = ((_TRIGGER_UPDATE if "UPDATE" in verbs else 0)
+              | (_TRIGGER_DELETE if "DELETE" in verbs else 0))
+    if not events:
+        return []
+    rows = conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass('public.audit_events')"
+        " AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & %s = 0"
+        " AND tgtype & %s <> 0 ORDER BY tgname", (_TRIGGER_ROW, events)).fetchall()
+    return [r[0] for r in rows]
 
 
 @dataclasses.dataclass(frozen=True)
