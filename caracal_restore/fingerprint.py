@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from caracal_restore.chainhead import head_contents
 from caracal_restore.pgcopy import copy_line_batches
 
 FORMAT = 2
@@ -225,14 +226,9 @@ def audit_heads(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]] | No
             "SELECT zone_id, count(*), min(chain_seq), max(chain_seq) FROM {} GROUP BY zone_id"
         ).format(table)
     ).fetchall()
-    heads = dict(
-        conn.execute(
-            sql.SQL(
-                "SELECT DISTINCT ON (zone_id) zone_id, content_sha256 FROM {}"
-                " ORDER BY zone_id, chain_seq DESC NULLS LAST, id"
-            ).format(table)
-        ).fetchall()
-    )
+    # The head row of each zone, found through the (zone_id, chain_seq) index from the maxima
+    # just read (a DISTINCT ON … NULLS LAST over every row took ~1.8 s at 1 000 000 rows).
+    heads = head_contents(conn, table, {zone: high for zone, _n, _low, high in counts})
     return {
         zone: {"count": count, "min_seq": low, "max_seq": high, "content_sha256": heads.get(zone)}
         for zone, count, low, high in sorted(counts)

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from caracal_restore import fingerprint as fp
 from caracal_restore.chainhash import AUDIT_HASH_SELECT, chain_hmac, content_hash_parts
+from caracal_restore.chainhead import zone_head
 from caracal_restore.errors import SuiteError
 from caracal_restore.profiles import Profile
 from caracal_restore.redact import REDACTOR
@@ -258,15 +259,10 @@ def _audit_rows(conn: psycopg.Connection[Any], table: str, where: str,
 
 def chain_head(conn: psycopg.Connection[Any], profile: Profile, zone_id: str) -> ChainHead:
     """The zone's head as the ingestor finds it (``ORDER BY chain_seq DESC NULLS LAST``)."""
-    row = conn.execute(
-        sql.SQL("SELECT chain_seq, content_sha256 FROM {} WHERE zone_id = %s"
-                " ORDER BY chain_seq DESC NULLS LAST LIMIT 1").format(
-            sql.Identifier(profile.audit_table)),
-        (zone_id,),
-    ).fetchone()
-    if row is None or row[0] is None:
+    head = zone_head(conn, zone_id, profile.audit_table)
+    if head is None or head[1] is None:
         return ChainHead(zone_id, 0, None)
-    return ChainHead(zone_id, int(row[0]), row[1])
+    return ChainHead(zone_id, int(head[1]), head[0])
 
 
 def rows_after(conn: psycopg.Connection[Any], profile: Profile, zone_id: str,
@@ -1179,24 +1175,29 @@ def _source_heads(restored_conn: psycopg.Connection[Any], profile: Profile,
     services running on it) do not count as differences.
     """
     table = sql.Identifier(profile.audit_table)
-    restored = fp.audit_heads(restored_conn) or {}
     if source is None:
-        return restored, []
+        return fp.audit_heads(restored_conn) or {}, []
     heads = source.get("heads") or {}
+    # Every restored zone, with its rows up to the source's head counted, in one pass.
+    upto = {str(zone): (n, low, high) for zone, n, low, high in restored_conn.execute(sql.SQL(
+        "SELECT e.zone_id, count(*) FILTER (WHERE e.chain_seq <= s.top),"
+        " min(e.chain_seq) FILTER (WHERE e.chain_seq <= s.top),"
+        " max(e.chain_seq) FILTER (WHERE e.chain_seq <= s.top)"
+        " FROM {} e LEFT JOIN unnest(%s::text[], %s::bigint[]) AS s(zone, top)"
+        " ON s.zone = e.zone_id GROUP BY e.zone_id").format(table),
+        (list(heads), [h.get("max_seq") for h in heads.values()])).fetchall()}
     problems = []
-    for zone in sorted(set(heads) | set(restored)):
+    for zone in sorted(set(heads) | set(upto)):
         exp = heads.get(zone)
         if exp is None:
             problems.append(f"zone {zone}: audit rows after the restore, none in the source")
             continue
-        row = restored_conn.execute(sql.SQL(
-            "SELECT count(*), min(chain_seq), max(chain_seq) FROM {} WHERE zone_id = %s"
-            " AND chain_seq <= %s").format(table), (zone, exp["max_seq"])).fetchone()
+        count, low, high = upto.get(zone, (0, None, None))
         head = restored_conn.execute(sql.SQL(
             "SELECT content_sha256 FROM {} WHERE zone_id = %s AND chain_seq = %s LIMIT 1")
             .format(table), (zone, exp["max_seq"])).fetchone()
-        got = {"count": row[0] if row else 0, "min_seq": row[1] if row else None,
-               "max_seq": row[2] if row else None, "content_sha256": head[0] if head else None}
+        got = {"count": count, "min_seq": low, "max_seq": high,
+               "content_sha256": head[0] if head else None}
         if got != {k: exp.get(k) for k in got}:
             problems.append(f"zone {zone}: restored audit head {got} differs from the "
                             f"source's {dict(exp)}")

@@ -31,6 +31,7 @@ import psycopg
 import redis as redis_lib
 
 from caracal_restore.chainhash import chain_hmac, content_hash, parse_hmac_key, producer_signature
+from caracal_restore.chainhead import zone_head
 from caracal_restore.environments.base import PgEndpoint, RedisEndpoint
 from caracal_restore.reference.services.common import (
     Database,
@@ -101,12 +102,9 @@ def insert_event(conn: psycopg.Connection[Any], key: bytes | None, data: str,
         " NULLIF((d -> 'metadata_json')::text, 'null') FROM (SELECT %s::jsonb AS d) AS wire",
         (data,),
     ).fetchone() or (None, None, None)
-    head = conn.execute(
-        "SELECT COALESCE(content_sha256, ''), COALESCE(chain_seq, 0) FROM audit_events"
-        " WHERE zone_id = %s ORDER BY chain_seq DESC NULLS LAST LIMIT 1",
-        (zone_id,),
-    ).fetchone()
-    prev, prev_seq = (str(head[0]), int(head[1])) if head else ("", 0)
+    # The ingestor's ORDER BY chain_seq DESC NULLS LAST LIMIT 1, through the index.
+    head = zone_head(conn, zone_id)
+    prev, prev_seq = (head[0] or "", head[1] or 0) if head else ("", 0)
     texts = {f: _text(event.get(f)) for f in (
         "id", "event_type", "request_id", "decision", "policy_set_id",
         "policy_set_version_id", "manifest_sha", "evaluation_status")}
