@@ -12,6 +12,7 @@ carries several defects only when their guarding checks are disjoint (asserted b
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -153,8 +154,13 @@ def _pending_acked(c: ClonedRun, run: PreparedRun, tmp: Path, state: RunState) -
 def _export_missing(c: ClonedRun, run: PreparedRun, tmp: Path, state: RunState) -> RunState:
     """Copy the archive to a new bucket, leaving out the object of one hour with rows."""
     with c.connect() as conn:
-        _watermark, by_hour = inspect_assets.rows_by_export_hour(conn)
-    victim = object_key(max(by_hour))
+        row = conn.execute(
+            "SELECT date_trunc('hour', max(ingested_at) AT TIME ZONE 'UTC') FROM audit_events"
+            " WHERE ingested_at < (SELECT last_exported_hour + interval '1 hour'"
+            " FROM audit_export_watermark WHERE name = 'parquet-hourly')").fetchone()
+    assert row is not None, "no audit row up to the export watermark"
+    assert row[0] is not None, "no audit row up to the export watermark"
+    victim = object_key(row[0].replace(tzinfo=dt.UTC))
     assert state.archive_bucket is not None
     source = run.stack.objects.bucket(state.archive_bucket)
     name = f"archive-copy-{uuid.uuid4().hex[:8]}"

@@ -26,8 +26,7 @@ from psycopg import sql
 
 from caracal_restore import fingerprint as fp
 from caracal_restore.inspect.needles import NeedleFinder
-from caracal_restore.parquet_export import WATERMARK_NAME, ArchiveIndex, object_key
-from caracal_restore.pgcopy import copy_line_batches
+from caracal_restore.parquet_export import ArchiveIndex, object_key
 from caracal_restore.replay_files import ReplayEvent, parse_replay_dir
 from caracal_restore.waiting import WaitTimeout, until
 
@@ -493,26 +492,6 @@ class ExportCoverage:
     objects_read: int
     missing: tuple[str, ...]
     incomplete: tuple[str, ...]
-
-
-def rows_by_export_hour(conn: Conn) -> tuple[dt.datetime | None, dict[dt.datetime, set[str]]]:
-    """The ``parquet-hourly`` watermark and the event ids per hour (ingested_at) up to it."""
-    row = conn.execute("SELECT last_exported_hour FROM audit_export_watermark WHERE name = %s",
-                       (WATERMARK_NAME,)).fetchone()
-    if row is None or row[0] is None:
-        return None, {}
-    watermark: dt.datetime = row[0].astimezone(dt.UTC)
-    # Streamed with COPY as (UTC hour as seconds since the epoch, id): a million rows.
-    by_epoch: dict[bytes, set[str]] = {}
-    query = ("COPY (SELECT extract(epoch FROM date_trunc('hour', ingested_at AT TIME ZONE 'UTC'))"
-             "::bigint, id::text FROM audit_events WHERE ingested_at < %s) TO STDOUT")
-    for lines in copy_line_batches(conn, query, (watermark + dt.timedelta(hours=1),)):
-        for line in lines:
-            epoch, _, ident = line.partition(b"\t")
-            by_epoch.setdefault(epoch, set()).add(ident.decode())
-    by_hour = {dt.datetime.fromtimestamp(int(epoch), dt.UTC): ids
-               for epoch, ids in by_epoch.items()}
-    return watermark, by_hour
 
 
 def export_coverage(watermark: dt.datetime | None, by_hour: Mapping[dt.datetime, set[str]],

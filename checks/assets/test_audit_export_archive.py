@@ -8,30 +8,31 @@ rows in the restored ``audit_events`` must have its object in the archive, holdi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import datetime as dt
 
-import psycopg
 import pytest
 
 from caracal_restore.environments.objectstore import ObjectStore
 from caracal_restore.inspect import assets as inspect_assets
 from caracal_restore.inspect.tables import shorten
 from caracal_restore.parquet_export import WATERMARK_NAME, ArchiveIndex
+from caracal_restore.retention.exports import HourRows
 from checks.assets.expectations import EXPORTS
 from fixtures import evidence
 from fixtures.controls import Severity, control
 
 
 @control("AS-7", feature=EXPORTS, grade="verified", severity=Severity.CRITICAL)
-def test_every_exported_hour_is_in_the_archive(restored_conn: psycopg.Connection[Any],
+def test_every_exported_hour_is_in_the_archive(exported_hour_rows: HourRows,
                                                archive_store: ObjectStore,
                                                archive_index: ArchiveIndex) -> None:
     """AS-7 Every hour with audit rows up to the export watermark has its object in the archive."""
-    watermark, by_hour = inspect_assets.rows_by_export_hour(restored_conn)
+    watermark = exported_hour_rows.watermark
     if watermark is None:
         pytest.skip(f"not applicable: no audit_export_watermark row {WATERMARK_NAME!r}: the "
                     "source ran without audit exports")
-    seen = inspect_assets.export_coverage(watermark, by_hour, archive_index)
+    seen = inspect_assets.export_coverage(watermark.astimezone(dt.UTC),
+                                          exported_hour_rows.ids_by_hour, archive_index)
     evidence.json("archive coverage", {"bucket": archive_store.bucket,
                                        **dataclasses.asdict(seen)})
     assert not seen.missing, (

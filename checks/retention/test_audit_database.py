@@ -16,6 +16,7 @@ from caracal_restore.audit_chain import Report
 from caracal_restore.diagnose import Diagnosis
 from caracal_restore.parquet_export import ArchiveIndex
 from caracal_restore.retention import BackupClock, RetentionSettings, audit
+from caracal_restore.retention.audit import ChainHoles, Partition
 from caracal_restore.retention.exports import watermark_hour
 from checks.retention.expectations import control_of
 from fixtures import evidence
@@ -39,32 +40,30 @@ def test_no_audit_row_outlives_the_retention_window(
 
 @control_of("RC-AUD-2")
 def test_expired_audit_partitions_are_dropped(
-    restored_conn: psycopg.Connection[Any], backup_time: BackupClock,
+    audit_partitions: list[Partition], backup_time: BackupClock,
     retention_settings: RetentionSettings,
 ) -> None:
     """RC-AUD-2 Every monthly audit partition that ended before the window was dropped."""
-    partitions = audit.read_partitions(restored_conn)
-    result = audit.expired_partitions(partitions, backup_time, retention_settings)
+    result = audit.expired_partitions(audit_partitions, backup_time, retention_settings)
     evidence.json("audit partitions against the retention window", result.evidence())
     assert result.ok, result.message()
 
 
 @control_of("RC-AUD-3")
 def test_partitions_exist_for_the_backup_month_and_three_ahead(
-    restored_conn: psycopg.Connection[Any], backup_time: BackupClock,
+    audit_partitions: list[Partition], backup_time: BackupClock,
     retention_settings: RetentionSettings,
 ) -> None:
     """RC-AUD-3 Partitions exist for the backup month and the 3 months the loop creates ahead."""
-    partitions = audit.read_partitions(restored_conn)
-    result = audit.rolling_partitions(partitions, backup_time, retention_settings)
+    result = audit.rolling_partitions(audit_partitions, backup_time, retention_settings)
     evidence.json("rolling partition window", result.evidence())
     assert result.ok, result.message()
 
 
 @control_of("RC-AUD-4")
 def test_default_partition_blocks_no_partition(
-    restored_conn: psycopg.Connection[Any], backup_time: BackupClock,
-    retention_settings: RetentionSettings,
+    restored_conn: psycopg.Connection[Any], audit_partitions: list[Partition],
+    backup_time: BackupClock, retention_settings: RetentionSettings,
 ) -> None:
     """RC-AUD-4 audit_events_default holds no row of a month that has or needs its own partition.
 
@@ -72,8 +71,7 @@ def test_default_partition_blocks_no_partition(
     tick aborts before dropping anything — from then on (FACTS-1.0 §12.1). The months
     affected are named.
     """
-    partitions = audit.read_partitions(restored_conn)
-    result = audit.default_partition_hazard(restored_conn, partitions, backup_time,
+    result = audit.default_partition_hazard(restored_conn, audit_partitions, backup_time,
                                             retention_settings)
     evidence.json("default partition by month", result.evidence())
     assert result.ok, result.message()
@@ -82,8 +80,8 @@ def test_default_partition_blocks_no_partition(
 @control_of("RC-AUD-5")
 def test_events_missing_from_the_database_are_retentions(
     restored_conn: psycopg.Connection[Any], archive_index: ArchiveIndex,
-    backup_time: BackupClock, retention_settings: RetentionSettings,
-    chain_diagnosis: tuple[Diagnosis, Report],
+    audit_partitions: list[Partition], chain_holes: ChainHoles, backup_time: BackupClock,
+    retention_settings: RetentionSettings, chain_diagnosis: tuple[Diagnosis, Report],
 ) -> None:
     """RC-AUD-5 Exported events absent from the restored chains are those of dropped partitions.
 
@@ -91,9 +89,7 @@ def test_events_missing_from_the_database_are_retentions(
     does not must belong to a month whose partition retention dropped; the offline chain
     verifier must classify every hole as retention too.
     """
-    partitions = audit.read_partitions(restored_conn)
-    holes = audit.chain_holes(restored_conn)
-    result = audit.missing_rows_are_retention(archive_index, holes, partitions,
+    result = audit.missing_rows_are_retention(archive_index, chain_holes, audit_partitions,
                                               watermark_hour(restored_conn), backup_time,
                                               retention_settings)
     audit.agree_with_chain_check(result, chain_diagnosis[1])

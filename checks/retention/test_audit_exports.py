@@ -14,7 +14,8 @@ import psycopg
 
 from caracal_restore.environments.objectstore import ObjectStore
 from caracal_restore.parquet_export import ArchiveIndex
-from caracal_restore.retention import RetentionSettings, archive, audit, exports
+from caracal_restore.retention import RetentionSettings, archive, exports
+from caracal_restore.retention.audit import ChainHoles
 from checks.retention.expectations import control_of
 from fixtures import evidence
 from fixtures.retention import WatermarkSource
@@ -38,15 +39,14 @@ def test_export_watermark_equals_the_source(
 
 @control_of("RC-EXP-2")
 def test_every_exported_hour_has_its_object(
-    restored_conn: psycopg.Connection[Any], archive_index: ArchiveIndex,
+    exported_hour_rows: exports.HourRows, archive_index: ArchiveIndex,
 ) -> None:
     """RC-EXP-2 Every hour up to the watermark with rows has its Parquet object, equal to them.
 
     Same event ids, ``chain_hmac``, ``chain_seq`` and ``content_sha256`` (and zone, decision,
     event type, request id, millisecond time) as the restored rows ingested in that hour.
     """
-    result = exports.hours_exported(restored_conn, archive_index,
-                                    exports.watermark_hour(restored_conn))
+    result = exports.evaluate_hours(exported_hour_rows, archive_index)
     evidence.json("export hours against the restored rows", result.evidence())
     assert result.ok, result.message()
 
@@ -63,7 +63,7 @@ def test_chain_links_verify_across_the_export(
 
 @control_of("RC-EXP-4")
 def test_nothing_aged_out_before_it_was_exported(
-    restored_conn: psycopg.Connection[Any], archive_index: ArchiveIndex,
+    restored_conn: psycopg.Connection[Any], archive_index: ArchiveIndex, chain_holes: ChainHoles,
 ) -> None:
     """RC-EXP-4 Every event gone from the restored chains is in the archive (evidence continuity).
 
@@ -71,8 +71,7 @@ def test_nothing_aged_out_before_it_was_exported(
     archive. Every absent chain_seq below a zone's head — the dropped prefix or a hole
     inside — must be found there.
     """
-    holes = audit.chain_holes(restored_conn)
-    result = exports.continuity(holes, archive_index, exports.watermark_hour(restored_conn))
+    result = exports.continuity(chain_holes, archive_index, exports.watermark_hour(restored_conn))
     evidence.json("evidence continuity", result.evidence())
     assert result.ok, result.message()
 
