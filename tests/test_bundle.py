@@ -344,6 +344,28 @@ def test_truncated_dump_is_caught_by_the_full_read(tmp_path: Path) -> None:
     assert "every data block (pg_restore -f /dev/null)" in message
 
 
+def test_dump_whose_hash_the_fingerprint_recorded_is_read_once(
+        archive: Path, pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dump still bearing the SHA-256 fingerprint.json recorded at backup time is the file
+    pg_dump completed: only its table of contents is read before the restore (the restore
+    reads every block). Without a fingerprint every block is read (the test above)."""
+    import caracal_restore.bundle as bundle_module
+
+    calls: list[list[str]] = []
+    real = bundle_module.run_tool
+
+    def recorded(argv: list[str | Path], **kwargs: object) -> object:
+        calls.append([str(a) for a in argv])
+        return real(argv, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bundle_module, "run_tool", recorded)
+    opened = open_bundle(archive, tmp_path / "work", tools=pg.tools)
+    assert opened.fingerprint is not None
+    reads = [c[1:] for c in calls if Path(c[0]).name == "pg_restore"]
+    assert len(reads) == 2, reads  # --list of caracal.dump and of caracal_auth.dump
+    assert all(r[0] == "--list" for r in reads), reads
+
+
 def test_missing_globals(tmp_path: Path) -> None:
     """Without globals.sql the roles are lost; refused."""
     path = _damaged(tmp_path, lambda top: (top / "postgres" / "globals.sql").unlink())
