@@ -494,28 +494,35 @@ class ExportCoverage:
     incomplete: tuple[str, ...]
 
 
-def export_coverage(watermark: dt.datetime | None, by_hour: Mapping[dt.datetime, set[str]],
+def export_coverage(watermark: dt.datetime | None, rows_by_hour: Mapping[dt.datetime, int],
+                    unconfirmed: Mapping[dt.datetime, set[str]],
                     archive: ArchiveIndex) -> ExportCoverage:
-    """Every hour with rows through the watermark has its object, and the object holds them."""
+    """Every hour with rows through the watermark has its object, and the object holds them.
+
+    ``rows_by_hour`` counts the restored rows per hour; ``unconfirmed`` holds, per hour, the
+    event ids that were not found in the hour's object at their ``(zone_id, chain_seq)``
+    (``retention.exports.read_hours``): only those are looked up among the object's event ids.
+    """
     listed = {o.key for o in archive.objects}
     if watermark is None:
         return ExportCoverage(None, 0, 0, len(listed), 0, (), ())
-    keys = {hour: object_key(hour) for hour in by_hour}
-    present = {k for k in keys.values() if k in listed}
-    contents = {k: ids for k, ids in archive.event_ids_by_key().items() if k in present}
+    keys = {hour: object_key(hour) for hour in rows_by_hour}
+    present = {hour for hour, key in keys.items() if key in listed}
+    doubtful = {keys[hour] for hour, ids in unconfirmed.items() if ids and hour in present}
+    contents = ({k: ids for k, ids in archive.event_ids_by_key().items() if k in doubtful}
+                if doubtful else {})
     missing, incomplete = [], []
-    for hour in sorted(by_hour):
-        key = keys[hour]
-        if key not in contents:
-            missing.append(f"{key} ({len(by_hour[hour])} rows)")
+    for hour in sorted(rows_by_hour):
+        key, rows = keys[hour], rows_by_hour[hour]
+        if hour not in present:
+            missing.append(f"{key} ({rows} rows)")
             continue
-        absent = by_hour[hour] - contents[key]
+        absent = unconfirmed.get(hour, set()) - contents.get(key, set())
         if absent:
-            incomplete.append(f"{key} lacks {len(absent)} of its {len(by_hour[hour])} rows "
+            incomplete.append(f"{key} lacks {len(absent)} of its {rows} rows "
                               f"(e.g. {sorted(absent)[0]})")
-    return ExportCoverage(watermark.isoformat(), len(by_hour),
-                          sum(len(v) for v in by_hour.values()), len(listed), len(contents),
-                          tuple(missing), tuple(incomplete))
+    return ExportCoverage(watermark.isoformat(), len(rows_by_hour), sum(rows_by_hour.values()),
+                          len(listed), len(present), tuple(missing), tuple(incomplete))
 
 
 # ------------------------------------------------------------------------------ encryption

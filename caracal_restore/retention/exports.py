@@ -201,8 +201,9 @@ class HourRows:
     """One pass over the restored rows ingested through the watermark's hour.
 
     Each row is compared with the archive as it streams (RC-EXP-2, from the archive's first
-    hour), and its event id is kept under its hour (AS-7, every hour): the two controls share
-    one reading of a million rows instead of two.
+    hour) and counted under its hour (AS-7, every hour): the two controls share one reading of
+    a million rows instead of two. A row found in its hour's object under its own event id is
+    in that object; the ids of the others are kept for AS-7's exact look-up.
     """
 
     watermark: dt.datetime | None
@@ -210,8 +211,10 @@ class HourRows:
     first: dt.datetime | None
     #: Restored rows ingested through the watermark's hour.
     rows: int = 0
-    #: Event ids per UTC hour of ``ingested_at``, every hour through the watermark's.
-    ids_by_hour: dict[dt.datetime, set[str]] = dataclasses.field(default_factory=dict)
+    #: Rows per UTC hour of ``ingested_at``, every hour through the watermark's.
+    rows_by_hour: dict[dt.datetime, int] = dataclasses.field(default_factory=dict)
+    #: Per compared hour, the event ids not found in its object at their (zone_id, chain_seq).
+    unconfirmed: dict[dt.datetime, set[str]] = dataclasses.field(default_factory=dict)
     #: Rows compared with the archive (hours from ``first``), per hour.
     tallies: dict[dt.datetime, _HourTally] = dataclasses.field(default_factory=dict)
     #: Compared rows whose object or fields differ from the archive's, as sentences.
@@ -286,24 +289,26 @@ def read_hours(conn: psycopg.Connection[Any], index: ArchiveIndex,
         return reading
     compare_from = reading.first if reading.compared else None
     rows = index.rows
-    hours: dict[int, tuple[str, set[str], _HourTally | None]] = {}
+    counts: dict[int, int] = {}
+    hours: dict[int, tuple[str, set[str], _HourTally] | None] = {}
     for (zone, seq, event_id, content, mac, time_ms, hour_epoch, ingested_us, decision, etype,
          req) in _db_rows(conn, watermark + _HOUR):
-        reading.rows += 1
-        known = hours.get(hour_epoch)
-        if known is None:
+        counts[hour_epoch] = counts.get(hour_epoch, 0) + 1
+        if hour_epoch in hours:
+            known = hours[hour_epoch]
+        else:
             hour = dt.datetime.fromtimestamp(hour_epoch, dt.UTC)
-            tally = (reading.tallies.setdefault(hour, _HourTally())
-                     if compare_from is not None and hour >= compare_from else None)
-            known = hours[hour_epoch] = (object_key(hour),
-                                         reading.ids_by_hour.setdefault(hour, set()), tally)
-        key, ids, tally = known
-        ids.add(event_id)
-        if tally is None:
+            known = hours[hour_epoch] = (
+                (object_key(hour), reading.unconfirmed.setdefault(hour, set()),
+                 reading.tallies.setdefault(hour, _HourTally()))
+                if compare_from is not None and hour >= compare_from else None)
+        if known is None:  # an hour before the archive's first: counted only
             continue
+        key, unconfirmed, tally = known
         tally.rows += 1
         row = rows.get((zone, seq))
         if row is None or row.key != key:
+            unconfirmed.add(event_id)
             tally.missing.append(int(seq))
             if row is not None:
                 ingested = EPOCH + dt.timedelta(microseconds=ingested_us)
@@ -314,9 +319,13 @@ def read_hours(conn: psycopg.Connection[Any], index: ArchiveIndex,
         got = (row.event_id, row.content_sha256, row.chain_hmac, row.time_ms, row.decision,
                row.event_type, row.request_id)
         if expected != got:
+            if row.event_id != event_id:
+                unconfirmed.add(event_id)
             diff = [n for n, a, b in zip(_FIELDS, expected, got, strict=True) if a != b]
             reading.wrong.append(f"zone {zone} chain_seq {seq} in {key}: {', '.join(diff)} "
                                  "differ from the restored row")
+    reading.rows = sum(counts.values())
+    reading.rows_by_hour = {dt.datetime.fromtimestamp(e, dt.UTC): n for e, n in counts.items()}
     return reading
 
 

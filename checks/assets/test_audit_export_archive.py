@@ -32,7 +32,8 @@ def test_every_exported_hour_is_in_the_archive(exported_hour_rows: HourRows,
         pytest.skip(f"not applicable: no audit_export_watermark row {WATERMARK_NAME!r}: the "
                     "source ran without audit exports")
     seen = inspect_assets.export_coverage(watermark.astimezone(dt.UTC),
-                                          exported_hour_rows.ids_by_hour, archive_index)
+                                          exported_hour_rows.rows_by_hour,
+                                          exported_hour_rows.unconfirmed, archive_index)
     evidence.json("archive coverage", {"bucket": archive_store.bucket,
                                        **dataclasses.asdict(seen)})
     assert not seen.missing, (
