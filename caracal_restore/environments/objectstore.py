@@ -196,21 +196,43 @@ class S3Store:
                 yield key, OSError(f"GetObject {key}: {exc}")
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        paginator = self._client.get_paginator("list_object_versions")
+        """The objects under ``prefix`` whose latest version is not a delete marker, with that
+        version's size and the number of versions of the key, in key order.
+
+        At an explicit endpoint with static credentials the pages are fetched and parsed by
+        ``s3get`` (one connection, ElementTree); otherwise through boto3's paginator.
+        """
         counts: dict[str, int] = {}
         sizes: dict[str, int] = {}
         # S3 and MinIO send at most 1 000 versions a page whatever is asked. The embedded moto
         # sends what is asked, and builds and sorts every version of the bucket for each page:
         # it is asked for large pages (10 000 exports: 10 such passes became 1).
-        paging = {"PageSize": EMBEDDED_LIST_PAGE} if self.provider == "embedded" else {}
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix,
-                                       PaginationConfig=paging):
-            for version in page.get("Versions", []):
-                key = version["Key"]
-                counts[key] = counts.get(key, 0) + 1
-                if version.get("IsLatest"):
-                    sizes[key] = int(version["Size"])
+        page = EMBEDDED_LIST_PAGE if self.provider == "embedded" else None
+        for key, latest, size in self._versions(prefix, page):
+            counts[key] = counts.get(key, 0) + 1
+            if latest:
+                sizes[key] = size
         return [ObjectInfo(k, sizes.get(k, 0), counts[k]) for k in sorted(counts) if k in sizes]
+
+    def _versions(self, prefix: str, page: int | None) -> Iterator[tuple[str, bool, int]]:
+        """``(key, is_latest, size)`` of every version under ``prefix`` (no delete markers)."""
+        if self.endpoint_url and self._static_credentials:
+            from caracal_restore.environments.s3get import ObjectGetter
+
+            access_key, secret_key = self._static_credentials
+            lister = ObjectGetter(self.endpoint_url, self.bucket, access_key=access_key,
+                                  secret_key=secret_key, region=self._region)
+            try:
+                yield from lister.list_versions(prefix, page)
+            finally:
+                lister.close()
+            return
+        paginator = self._client.get_paginator("list_object_versions")
+        paging = {"PageSize": page} if page is not None else {}
+        for answer in paginator.paginate(Bucket=self.bucket, Prefix=prefix,
+                                         PaginationConfig=paging):
+            for version in answer.get("Versions", []):
+                yield version["Key"], bool(version.get("IsLatest")), int(version["Size"])
 
     def bucket_lock_configuration(self) -> dict[str, Any] | None:
         """The bucket's Object Lock configuration, or None when it has none."""
