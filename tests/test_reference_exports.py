@@ -23,6 +23,8 @@ from caracal_restore.environments import objectstore, postgres
 from caracal_restore.environments.objectstore import ObjectStore, ObjectStoreServer
 from caracal_restore.parquet_export import (
     EXPECTED_SIGNATURE,
+    ArchiveIndex,
+    ArchiveRow,
     arrow_schema,
     object_key,
     read_archive,
@@ -455,3 +457,21 @@ def test_generated_database_exports_match_the_rows_and_chain(
                                                                   request_id or "")
         assert row.key == object_key(hour)
     assert verify_archive_chain(index, bytes.fromhex(values["auditHmacKey"])) == []
+
+
+def test_archive_chain_without_a_key_requires_empty_hmacs() -> None:
+    """With no AUDIT_HMAC_KEY the writer stores chain_hmac '': such rows verify, a row that
+    carries a value does not (and a link is still required: a gap is reported)."""
+    def row(ident: str, mac: str) -> ArchiveRow:
+        return ArchiveRow(ident, f"c-{ident}", mac, 0, "allow", "token_exchange", "", "k")
+
+    index = ArchiveIndex(rows={("z", 1): row("a", ""), ("z", 2): row("b", ""),
+                               ("z", 4): row("d", "")})
+    assert verify_archive_chain(index, None) == [
+        "zone z: chain_seq 3..3 missing from the archive; link of chain_seq 4 (k) cannot be "
+        "verified"]
+    index.rows[("z", 2)] = row("b", "f" * 64)
+    problems = verify_archive_chain(index, b"")
+    assert [p for p in problems if "does not match" in p] == [
+        "zone z chain_seq 2 (event b, k): chain_hmac does not match HMAC(content_sha256 | "
+        "previous content_sha256)"]
