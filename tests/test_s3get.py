@@ -102,3 +102,58 @@ def test_version_listing_equals_boto3s() -> None:
         assert store.list("audit/") == raw
     assert ("audit/q", 14, 2) in [(i.key, i.size, i.versions) for i in raw]
     assert "audit/2026/y" not in {i.key for i in raw}
+
+
+def test_url_encoded_listing_is_decoded_and_followed() -> None:
+    """A store that honours encoding-type=url (S3, MinIO) sends keys and markers URL-encoded,
+    a space as '+': they come out decoded, and the next page is asked from the decoded marker
+    (a loopback server answering S3's documents)."""
+    import http.server
+    import threading
+    from urllib.parse import parse_qs, urlsplit
+
+    asked: list[dict[str, list[str]]] = []
+    pages = [
+        "<IsTruncated>true</IsTruncated><NextKeyMarker>audit/a+b%2Bc%25</NextKeyMarker>"
+        "<NextVersionIdMarker>v+1</NextVersionIdMarker>"
+        "<Version><Key>audit/a+b%2Bc%25</Key><VersionId>v+1</VersionId>"
+        "<IsLatest>true</IsLatest><Size>7</Size></Version>",
+        "<IsTruncated>false</IsTruncated>"
+        "<Version><Key>audit/%C3%A9t%C3%A9</Key><VersionId>v2</VersionId>"
+        "<IsLatest>false</IsLatest><Size>3</Size></Version>"
+        "<DeleteMarker><Key>audit/gone</Key><VersionId>v3</VersionId>"
+        "<IsLatest>true</IsLatest></DeleteMarker>",
+    ]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            asked.append(parse_qs(urlsplit(self.path).query, keep_blank_values=True))
+            body = ('<?xml version="1.0" encoding="UTF-8"?><ListVersionsResult '
+                    'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>'
+                    f"<EncodingType>url</EncodingType>{pages[len(asked) - 1]}"
+                    "</ListVersionsResult>").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        getter = ObjectGetter(f"http://127.0.0.1:{server.server_address[1]}", "b",
+                              access_key="a", secret_key="s")
+        listed = list(getter.list_versions("audit/", 1))
+        getter.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert listed == [("audit/a b+c%", True, 7), ("audit/été", False, 3)]
+    assert asked[0]["encoding-type"] == ["url"]
+    assert asked[1]["key-marker"] == ["audit/a b+c%"]
+    assert asked[1]["version-id-marker"] == ["v+1"]

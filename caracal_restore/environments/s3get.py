@@ -21,7 +21,7 @@ import hmac
 import http.client
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -146,9 +146,9 @@ class ObjectGetter:
         """``(key, is_latest, size)`` of every version under ``prefix`` (delete markers
         left out), page after page (ObjectGetError for a non-200 answer).
 
-        Keys are asked URL-encoded and decoded when the answer says so (as botocore does: a
-        key may hold characters XML cannot carry); a store that ignores the request sends
-        them as XML text.
+        Keys are asked URL-encoded and decoded when the answer says so (as botocore does, a
+        space sent as ``+``: a key may hold characters XML cannot carry); a store that ignores
+        the request sends them as XML text.
         """
         path = f"{self._prefix}/{quote(self.bucket, safe='')}"
         params = [("versions", ""), ("encoding-type", "url"), ("prefix", prefix)]
@@ -167,7 +167,7 @@ class ObjectGetter:
             def text(node: ET.Element, name: str, *, key: bool = False,
                      _ns: str = ns, _encoded: bool = encoded) -> str:
                 value = node.findtext(f"{_ns}{name}") or ""
-                return unquote(value) if key and _encoded else value
+                return unquote_plus(value) if key and _encoded else value
 
             for version in root.iterfind(f"{ns}Version"):
                 yield (text(version, "Key", key=True), text(version, "IsLatest") == "true",
