@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from caracal_restore.environments.base import LOOPBACK, free_port, is_loopback, supervised
+from caracal_restore.environments.s3get import ObjectGetter
 from caracal_restore.errors import EnvironmentNotReady, NotIsolated
 from caracal_restore.redact import REDACTOR
 from caracal_restore.waiting import until
@@ -173,18 +174,23 @@ class S3Store:
         body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
         return bytes(body.read())
 
+    def _direct(self) -> ObjectGetter | None:
+        """A one-connection client of ``s3get`` for this bucket, when the store is reached at an
+        explicit endpoint with static credentials (None: requests go through boto3)."""
+        if not (self.endpoint_url and self._static_credentials):
+            return None
+        access_key, secret_key = self._static_credentials
+        return ObjectGetter(self.endpoint_url, self.bucket, access_key=access_key,
+                            secret_key=secret_key, region=self._region)
+
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | OSError]]:
         """``(key, bytes)`` per key, in order; a key that cannot be read yields its error.
 
         At an explicit endpoint with static credentials the GETs share one kept-alive
         connection (``s3get``); otherwise each goes through boto3.
         """
-        if self.endpoint_url and self._static_credentials:
-            from caracal_restore.environments.s3get import ObjectGetter
-
-            access_key, secret_key = self._static_credentials
-            getter = ObjectGetter(self.endpoint_url, self.bucket, access_key=access_key,
-                                  secret_key=secret_key, region=self._region)
+        getter = self._direct()
+        if getter is not None:
             yield from getter.get_many(keys)
             return
         from botocore.exceptions import BotoCoreError, ClientError
@@ -216,12 +222,8 @@ class S3Store:
 
     def _versions(self, prefix: str, page: int | None) -> Iterator[tuple[str, bool, int]]:
         """``(key, is_latest, size)`` of every version under ``prefix`` (no delete markers)."""
-        if self.endpoint_url and self._static_credentials:
-            from caracal_restore.environments.s3get import ObjectGetter
-
-            access_key, secret_key = self._static_credentials
-            lister = ObjectGetter(self.endpoint_url, self.bucket, access_key=access_key,
-                                  secret_key=secret_key, region=self._region)
+        lister = self._direct()
+        if lister is not None:
             try:
                 yield from lister.list_versions(prefix, page)
             finally:
