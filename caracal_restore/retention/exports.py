@@ -329,15 +329,6 @@ def read_hours(conn: psycopg.Connection[Any], index: ArchiveIndex,
     return reading
 
 
-def hours_exported(
-    conn: psycopg.Connection[Any],
-    index: ArchiveIndex,
-    watermark: dt.datetime | None,
-) -> Evaluation:
-    """RC-EXP-2 on a reading of its own (``read_hours``, then ``evaluate_hours``)."""
-    return evaluate_hours(read_hours(conn, index, watermark), index)
-
-
 def evaluate_hours(reading: HourRows, index: ArchiveIndex) -> Evaluation:
     """RC-EXP-2: every hour up to the watermark with rows has its object, equal to the database.
 
