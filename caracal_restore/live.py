@@ -31,7 +31,7 @@ from psycopg import sql
 
 from caracal_restore import fingerprint as fp
 from caracal_restore.chainhash import AUDIT_HASH_SELECT, chain_hmac, content_hash_parts
-from caracal_restore.chainhead import zone_head
+from caracal_restore.chainhead import head_contents, zone_head
 from caracal_restore.errors import SuiteError
 from caracal_restore.profiles import Profile
 from caracal_restore.redact import REDACTOR
@@ -1186,6 +1186,9 @@ def _source_heads(restored_conn: psycopg.Connection[Any], profile: Profile,
         " FROM {} e LEFT JOIN unnest(%s::text[], %s::bigint[]) AS s(zone, top)"
         " ON s.zone = e.zone_id GROUP BY e.zone_id").format(table),
         (list(heads), [h.get("max_seq") for h in heads.values()])).fetchall()}
+    # The restored row at each source head's chain_seq (none where the source had no head).
+    contents = head_contents(restored_conn, table, {
+        zone: h["max_seq"] for zone, h in heads.items() if h.get("max_seq") is not None})
     problems = []
     for zone in sorted(set(heads) | set(upto)):
         exp = heads.get(zone)
@@ -1193,11 +1196,8 @@ def _source_heads(restored_conn: psycopg.Connection[Any], profile: Profile,
             problems.append(f"zone {zone}: audit rows after the restore, none in the source")
             continue
         count, low, high = upto.get(zone, (0, None, None))
-        head = restored_conn.execute(sql.SQL(
-            "SELECT content_sha256 FROM {} WHERE zone_id = %s AND chain_seq = %s LIMIT 1")
-            .format(table), (zone, exp["max_seq"])).fetchone()
         got = {"count": count, "min_seq": low, "max_seq": high,
-               "content_sha256": head[0] if head else None}
+               "content_sha256": contents.get(zone)}
         if got != {k: exp.get(k) for k in got}:
             problems.append(f"zone {zone}: restored audit head {got} differs from the "
                             f"source's {dict(exp)}")
