@@ -254,17 +254,24 @@ def _rows_table(rows: list[tuple[tuple[str, int], ArchiveRow]]) -> pa.Table:
     })
 
 
+#: Rows per batch of a saved index (about: ``read_archive_rows`` ends one at an object's end).
+SAVED_BATCH = 65536
+
+
 def save_rows(folder: Path, objects: list[ArchiveObject], problems: list[str],
               table: pa.Table) -> int:
     """Write an index's rows (``zone_id``, ``chain_seq`` and ``ArchiveRow``'s fields, first
     copies before later ones) and its objects and problems, for ``ArchiveIndex.load``; returns
     the number of distinct (zone, chain_seq) positions."""
     folder.mkdir(parents=True, exist_ok=True)
+    # Batches of ~65 536 rows, not one per object read (~100 rows each): loading converts a
+    # batch at a time, and 10 000 small batches cost ~0.5 s more at 1 000 000 rows. The
+    # positions are grouped over such chunks too (4x faster than over 10 000 of them).
+    if table.num_rows and table.column(0).num_chunks * SAVED_BATCH > 2 * table.num_rows:
+        table = table.combine_chunks()  # small chunks (not ``read_archive_rows``' tables)
     with pa.OSFile(str(folder / "rows.arrow"), "wb") as sink, \
             pa.ipc.new_file(sink, table.schema) as writer:
-        # One batch per 65 536 rows, not one per object read (~100 rows each): loading converts
-        # a batch at a time, and 10 000 small batches cost ~0.5 s more at 1 000 000 rows.
-        writer.write_table(table.combine_chunks(), max_chunksize=65536)
+        writer.write_table(table, max_chunksize=SAVED_BATCH)
     positions = (table.group_by(["zone_id", "chain_seq"]).aggregate([]).num_rows
                  if table.num_rows else 0)
     schemas: dict[tuple[tuple[str, str], ...], int] = {}
@@ -290,39 +297,79 @@ def read_archive_rows(store: ObjectStore, *, prefix: str = PREFIX
     """
     problems: list[str] = []
     parts: list[pa.Table] = []
+    run = _ColumnRun()
 
     def read(data: bytes, key: str) -> tuple[tuple[tuple[str, str], ...], int]:
-        schema, count, part = _object_rows(data, key, problems)
-        if part.num_rows:
-            parts.append(part)
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        schema = schema_signature(parquet.schema_arrow)
+        if schema == EXPECTED_SIGNATURE:
+            # One thread: an hourly object is small, and a thread pool per read costs more
+            # than it saves (0.15 instead of 0.23 ms per object).
+            table = parquet.read(columns=list(_READ), use_threads=False)
+            if not any(table.column(n).null_count for n in ("zone_id", "chain_seq", "time")):
+                run.add(table, key)
+                return schema, table.num_rows
+        # The row-by-row reader decides what such an object holds (and how it fails); the
+        # objects read column by column before it go first, so the rows keep their order.
+        parts.extend(run.take())
+        schema, count, rows = _object_row_list(data, key, problems)
+        if rows:
+            parts.append(_rows_table(rows))
         return schema, count
 
     objects = _read_objects(store, prefix, problems, read)
+    parts.extend(run.take())
     table = pa.concat_tables(parts) if parts else _SAVED_SCHEMA.empty_table()
     return objects, problems, table
 
 
-def _object_rows(data: bytes, key: str, problems: list[str]
-                 ) -> tuple[tuple[tuple[str, str], ...], int, pa.Table]:
-    """One object's schema signature, row count and rows (``save_rows`` layout)."""
-    parquet = pq.ParquetFile(pa.BufferReader(data))
-    schema = schema_signature(parquet.schema_arrow)
-    # One thread: an hourly object is small, and a thread pool per read costs more than it
-    # saves (0.15 instead of 0.23 ms per object).
-    table = (parquet.read(columns=list(_READ), use_threads=False)
-             if schema == EXPECTED_SIGNATURE else None)
-    if table is None or any(table.column(n).null_count for n in ("zone_id", "chain_seq", "time")):
-        # The row-by-row reader decides what such an object holds (and how it fails).
-        schema, count, rows = _object_row_list(data, key, problems)
-        return schema, count, _rows_table(rows)
-    text = {name: pc.fill_null(table.column(name), "")
-            for name in ("event_id", "content_sha256", "chain_hmac", "decision", "event_type",
-                         "request_id")}
-    return schema, table.num_rows, pa.table({
-        "zone_id": table.column("zone_id"), "chain_seq": table.column("chain_seq"),
-        **text, "time_ms": table.column("time"),
-        "key": pa.array([key] * table.num_rows, pa.string()),
-    }).select(["zone_id", "chain_seq", *_ROW_FIELDS])
+class _ColumnRun:
+    """Consecutive objects of the export schema, read column by column, made into tables of
+    ``save_rows``' layout ~``SAVED_BATCH`` rows at a time: per object, only its columns are
+    kept, and the conversions run once over them all (not once per object of ~100 rows: ~0.2
+    ms less per object)."""
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.keys: list[str] = []
+        self.counts: list[int] = []
+        self.rows = 0
+        self.done: list[pa.Table] = []
+
+    def add(self, table: pa.Table, key: str) -> None:
+        if table.num_rows:
+            self.tables.append(table)
+            self.keys.append(key)
+            self.counts.append(table.num_rows)
+            self.rows += table.num_rows
+            if self.rows >= SAVED_BATCH:
+                self.done.append(self._made())
+
+    def take(self) -> list[pa.Table]:
+        """The rows added so far, in tables of about ``SAVED_BATCH`` rows each, one chunk
+        per column (what ``save_rows`` writes as they are); starts a new run."""
+        if self.tables:
+            self.done.append(self._made())
+        done, self.done = self.done, []
+        return done
+
+    def _made(self) -> pa.Table:
+        """The objects added since the last table made, as one table; they are dropped."""
+        tables, keys, counts = self.tables, self.keys, self.counts
+        self.tables, self.keys, self.counts, self.rows = [], [], [], 0
+
+        # "permissive": objects may differ in what the schema signature leaves out
+        # (nullability, metadata).
+        table = pa.concat_tables(tables, promote_options="permissive")
+        text = {name: pc.fill_null(table.column(name), "")
+                for name in ("event_id", "content_sha256", "chain_hmac", "decision",
+                             "event_type", "request_id")}
+        key = pc.take(pa.array(keys, pa.string()),
+                      pa.array(np.repeat(np.arange(len(keys)), counts)))
+        return pa.table({"zone_id": table.column("zone_id"),
+                         "chain_seq": table.column("chain_seq"),
+                         **text, "time_ms": table.column("time"), "key": key},
+                        ).select(["zone_id", "chain_seq", *_ROW_FIELDS]).combine_chunks()
 
 
 def read_archive(store: ObjectStore, *, prefix: str = PREFIX) -> ArchiveIndex:

@@ -228,10 +228,18 @@ def test_the_chain_verification_goes_apart_only_when_a_second_index_fits() -> No
     assert not second_index_fits(1000, None)  # memory unknown
 
 
-def test_columnar_reading_equals_row_reading_on_odd_objects(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [65536, 2])
+def test_columnar_reading_equals_row_reading_on_odd_objects(tmp_path: Path, batch: int,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
     """The run's columnar reading saves exactly what the row-by-row reader finds, also for an
-    object of another schema (read row by row) holding duplicates, and for null text values."""
+    object of another schema (read row by row) holding duplicates, for null text values, and
+    for an object after those that exports one of their positions again (the first copy stays
+    first), whether the objects read column by column make one table or several."""
+    from caracal_restore import parquet_export
     from caracal_restore.parquet_export import read_archive, read_archive_rows, save_rows
+
+    monkeypatch.setattr(parquet_export, "SAVED_BATCH", batch)
 
     store = objectstore.DirStore(tmp_path / "store")
     _fill(store)
@@ -253,14 +261,16 @@ def test_columnar_reading_equals_row_reading_on_odd_objects(tmp_path: Path) -> N
     out = io.BytesIO()
     pq.write_table(nulls, out)
     store.put(object_key(HOUR + dt.timedelta(hours=3)), out.getvalue())
+    store.put(object_key(HOUR + dt.timedelta(hours=4)), _object([("z3", 1), ("z5", 1)]))
 
     objects, problems, table = read_archive_rows(store)
     positions = save_rows(tmp_path / "saved", objects, problems, table)
     direct = read_archive(store)
     assert positions == len(direct.rows)
     assert any("is not the export schema" in p for p in direct.problems)
-    assert len(direct.duplicate_rows) == 3
+    assert len(direct.duplicate_rows) == 4
     assert direct.rows[("z4", 7)].event_id == ""
+    assert direct.rows[("z3", 1)].key == object_key(HOUR + dt.timedelta(hours=2))
     _same(ArchiveIndex.load(tmp_path / "saved"), direct)
 
 
