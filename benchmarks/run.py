@@ -233,33 +233,53 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
                                                         pipeline._services)),
     )
     result: dict[str, Any] = {}
+    tag = f"bench-{os.getpid()}"
+    state_file = work / f"{tag}-state.json"
+    junit = work / f"{tag}-junit.xml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARACAL_RESTORE_")}
+    checks: dict[str, Any] = {}
+
+    def start_checks() -> None:
+        """As ``pytest checks -n`` does with the run it builds: the check processes start as
+        the restore begins, and wait for the run's state (written whole when it is ready)."""
+        out = (work / f"{tag}-pytest.out").open("w")
+        checks["out"] = out
+        checks["proc"] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "checks", "-n", workers, "-p",
+             "no:cacheprovider", "-q", f"--run-state={state_file}", "--run-state-wait=14400",
+             f"--alluredir={work / (tag + '-allure')}", f"--junitxml={junit}"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
+
     with contextlib.ExitStack() as patched:
         for p in patches:
             patched.enter_context(p)
         started = time.perf_counter()
         SAMPLER.phase = "pipeline (other)"
-        with pipeline.run_pipeline(spec, stack) as state:
-            pipeline_s = time.perf_counter() - started
-            restored_names = [e.dbname for e in state.restored_databases.values()]
-            result["pipeline_errors"] = dict(state.errors)
-            result["restore_timings"] = dict(state.restore_timings)
-            tag = f"bench-{os.getpid()}"
-            state_file = state.write(work / f"{tag}-state.json")
-            env = {k: v for k, v in os.environ.items() if not k.startswith("CARACAL_RESTORE_")}
-            junit = work / f"{tag}-junit.xml"
-            started = time.perf_counter()
-            SAMPLER.phase = "checks (services and object store answering)"
-            proc = subprocess.run(
-                [sys.executable, "-m", "pytest", "checks", "-n", workers, "-p",
-                 "no:cacheprovider", "-q", f"--run-state={state_file}",
-                 f"--alluredir={work / (tag + '-allure')}", f"--junitxml={junit}"],
-                cwd=REPO, env=env, capture_output=True, text=True, timeout=14400, check=False,
-            )
-            checks_s = time.perf_counter() - started
-            SAMPLER.phase = "idle"
-            state_file.unlink()
-            teardown_started = time.perf_counter()
-        teardown_s = time.perf_counter() - teardown_started
+        try:
+            with pipeline.run_pipeline(spec, stack, on_restore=start_checks) as state:
+                pipeline_s = time.perf_counter() - started
+                restored_names = [e.dbname for e in state.restored_databases.values()]
+                result["pipeline_errors"] = dict(state.errors)
+                result["restore_timings"] = dict(state.restore_timings)
+                state.write(work / f"{tag}-state.partial").replace(state_file)
+                if "proc" not in checks:  # the run failed before its restore
+                    start_checks()
+                started = time.perf_counter()
+                SAMPLER.phase = "checks (services and object store answering)"
+                returncode = checks["proc"].wait(timeout=14400)
+                checks_s = time.perf_counter() - started
+                SAMPLER.phase = "idle"
+                state_file.unlink()
+                teardown_started = time.perf_counter()
+            teardown_s = time.perf_counter() - teardown_started
+        finally:
+            if "proc" in checks:
+                if checks["proc"].poll() is None:
+                    checks["proc"].kill()
+                    checks["proc"].wait()
+                checks["out"].close()
+        stdout = (work / f"{tag}-pytest.out").read_text(errors="replace")
     # The run leaves its restored databases to the stack's teardown: drop them, so that the
     # next repetition (--suite-repeat) on the same stack restores into empty ones.
     for name in restored_names:
@@ -267,16 +287,16 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
     result.update(
         rss_peaks_mb={k: round(v) for k, v in SAMPLER.peaks.items()},
         pipeline_s=pipeline_s, checks_s=checks_s, total_s=pipeline_s + checks_s,
-        teardown_s=teardown_s, phases=times, checks_exit=proc.returncode,
+        teardown_s=teardown_s, phases=times, checks_exit=returncode,
         checks=_junit_counts(junit), slowest_checks=_junit_slowest(junit),
-        checks_tail=proc.stdout[-1500:], loadavg=loadavg(),
+        checks_tail=stdout[-1500:], loadavg=loadavg(),
     )
     backup = times.get("take_backup", 0.0) + times.get("encrypt", 0.0)
     result["backup_s"] = backup
     log(f"  suite: pipeline {pipeline_s:.1f} s (backup {backup:.1f} s of which fingerprint "
         f"{times.get('fingerprint', 0.0):.1f} s, open {times.get('open_bundle', 0.0):.1f} s, "
         f"restore {times.get('restore', 0.0):.1f} s, services {times.get('services', 0.0):.1f} s)"
-        f", checks {checks_s:.1f} s, exit {proc.returncode} {result['checks']}")
+        f", checks {checks_s:.1f} s, exit {returncode} {result['checks']}")
     return result
 
 

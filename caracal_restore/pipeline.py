@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +100,13 @@ class _Phases:
 
 
 @contextlib.contextmanager
-def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]:
-    """Build the run on an isolated stack; tear down what it started when the block ends."""
+def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
+                 on_restore: Callable[[], object] | None = None) -> Iterator[RunState]:
+    """Build the run on an isolated stack; tear down what it started when the block ends.
+
+    ``on_restore`` is called as the restore begins (the check processes can start then: what
+    is left of the run leaves a core idle for long stretches).
+    """
     phases = _Phases()
     work = Path(tempfile.mkdtemp(prefix="caracal-run-", dir=spec.workdir))
     work.chmod(0o755)
@@ -166,6 +171,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack) -> Iterator[RunState]
         with phases.phase("restore") as ok:
             if ok:
                 assert opened is not None
+                if on_restore is not None:
+                    on_restore()
                 restored = exits.enter_context(restore_bundle(
                     opened, stack.pg, secrets=source_secrets, secret_store=stack.secrets,
                     workdir=work, keep=spec.keep, redis_binary=spec.redis_binary,

@@ -3,11 +3,15 @@ bad input restores nothing, and the work directory is kept only when asked."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +23,12 @@ from caracal_restore import bundle as bundles
 from caracal_restore import fingerprint as fp
 from caracal_restore.environments import objectstore, postgres
 from caracal_restore.environments import redis as redis_env
-from caracal_restore.environments.base import run_tool
+from caracal_restore.environments.base import PgEndpoint, RedisEndpoint, run_tool
 from caracal_restore.environments.stack import StackSpec, start_stack
 from caracal_restore.pipeline import PipelineSpec, run_pipeline
 from caracal_restore.reference.deployment import build_reference
 from caracal_restore.reference.generator import Volume
+from caracal_restore.runstate import RunState, ServicesInfo
 
 
 @pytest.fixture(scope="module")
@@ -165,20 +170,125 @@ def test_restore_happens_once_under_xdist(pytester: pytest.Pytester,
     monkeypatch.setenv("TMPDIR", str(scratch))
     pytester.makeconftest(
         "pytest_plugins = ('fixtures.options', 'fixtures.controls', 'fixtures.evidence',"
-        " 'fixtures.environment', 'fixtures.restore')\n")
+        " 'fixtures.environment', 'fixtures.restore', 'fixtures.shared')\n")
     (pytester.path / "checks" / "assets").mkdir(parents=True)
     (pytester.path / "checks" / "__init__.py").write_text("")
     (pytester.path / "checks" / "assets" / "__init__.py").write_text("")
     for n in range(4):
         (pytester.path / "checks" / "assets" / f"test_{n}.py").write_text(STATE_CHECK.format(n=n))
+    started = scratch / "started"
+    started.mkdir()
+    (pytester.path / "worker_start.py").write_text(WORKER_START.format(out=str(started)))
     result = pytester.runpytest_subprocess(
-        "checks", "-n", "2", "-p", "no:cacheprovider", "--services", "none",
-        "--reference-audit-events", "200", f"--alluredir={scratch / 'once-allure'}")
+        "checks", "-n", "2", "-p", "no:cacheprovider", "-p", "worker_start", "--services",
+        "none", "--reference-audit-events", "200", f"--alluredir={scratch / 'once-allure'}")
     result.assert_outcomes(passed=4)
     seen = [json.loads(p.read_text()) for p in marks.iterdir()]
     pids = {p.name.split("-")[0] for p in marks.iterdir()}
     assert len(pids) == 2, "the run did not use two workers"
     assert len({json.dumps(s, sort_keys=True) for s in seen}) == 1, "workers saw different runs"
+    # The workers started while the backup was restored (the run builds in a thread of its
+    # own, and the plugin makes the restore last 5 s more), and yet every check saw the
+    # finished run.
+    restored_at = dt.datetime.fromisoformat(seen[0]["restored_at"]).timestamp()
+    starts = [float(p.read_text()) for p in started.iterdir()]
+    assert len(starts) == 2
+    assert max(starts) < restored_at, (starts, restored_at)
+    assert "caracal-restore: release 2026.06, source reference" in result.stdout.str()
+
+
+WORKER_START = """
+import contextlib
+import time
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        with open({out!r} + "/" + config.workerinput["workerid"], "w") as fh:
+            fh.write(repr(time.time()))
+        return
+    # Controller: a restore that takes 5 s longer (a tiny one takes less than a worker's start).
+    from caracal_restore import pipeline
+    restore = pipeline.restore_bundle
+
+    @contextlib.contextmanager
+    def slow_restore(*args, **kwargs):
+        time.sleep(5)
+        with restore(*args, **kwargs) as restored:
+            yield restored
+
+    pipeline.restore_bundle = slow_restore
+"""
+
+WAITING_CHECK = '''
+from fixtures.controls import control
+
+@control("AS-9{n}", feature="wait", grade="configured")
+def test_{n}(run_state):
+    """AS-9{n} Sees the run the state file describes."""
+    assert run_state.release == "2026.06-wait"
+'''
+
+
+def _fake_state(scratch: Path) -> RunState:
+    """A state whose stack is described but never reached (the checks below read no server)."""
+    endpoint = PgEndpoint("127.0.0.1", 1, "postgres", "postgres", password="not-a-secret")
+    stack = {
+        "pg": {"provider": "external", "admin": dataclasses.asdict(endpoint),
+               "tools": [str(scratch), 18], "owns_cluster": False, "name_prefix": "x",
+               "datadir": None},
+        "redis": {"provider": "external",
+                  "endpoint": dataclasses.asdict(RedisEndpoint("127.0.0.1", 1)),
+                  "version": "7.0"},
+        "objects": {"provider": "dir", "substrate": "dir", "endpoint_url": None,
+                    "access_key": None, "secret_key": None, "root": str(scratch)},
+        "secrets": {"provider": "dir", "path": str(scratch)},
+    }
+    return RunState(release="2026.06-wait", source_kind="bundle", comparison_basis="none",
+                    stack=stack, bundle=None, restored_databases={}, restored_redis=None,
+                    restored_replay={}, restore_timings={}, restore_notes=(),
+                    restored_at=None, archive_bucket=None, canary=None,
+                    services=ServicesInfo(mode="none"))
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_checks_wait_for_a_run_state_written_later(pytester: pytest.Pytester,
+                                                   plugin_env: dict[str, str], scratch: Path,
+                                                   workers: list[str]) -> None:
+    """``--run-state-wait``: the checks start before the state file exists and attach to it
+    once it appears; a file that does not appear in time makes every check broken, saying so."""
+    pytester.makeconftest(
+        "pytest_plugins = ('fixtures.options', 'fixtures.controls', 'fixtures.evidence',"
+        " 'fixtures.environment', 'fixtures.restore', 'fixtures.shared')\n")
+    (pytester.path / "checks" / "assets").mkdir(parents=True)
+    (pytester.path / "checks" / "__init__.py").write_text("")
+    (pytester.path / "checks" / "assets" / "__init__.py").write_text("")
+    for n in range(2):
+        (pytester.path / "checks" / "assets" / f"test_{n}.py").write_text(
+            WAITING_CHECK.format(n=n))
+    state_file = scratch / f"later-{len(workers)}" / "state.json"
+    state_file.parent.mkdir()
+    command = [sys.executable, "-m", "pytest", "checks", *workers, "-p", "no:cacheprovider",
+               f"--run-state={state_file}", f"--alluredir={state_file.parent / 'allure'}"]
+    proc = subprocess.Popen([*command, "--run-state-wait=120"], cwd=pytester.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, proc.communicate()[0]
+        _fake_state(scratch).write(state_file.with_suffix(".partial")).replace(state_file)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "2 passed" in out, out
+
+    state_file.unlink()
+    late = subprocess.run([*command, "--run-state-wait=1"], cwd=pytester.path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert late.returncode != 0
+    assert "did not appear within 1 s" in late.stdout, late.stdout
+    assert "2 passed" not in late.stdout
 
 
 def test_keep_workdir_keeps_bundle_and_data(scratch: Path) -> None:
