@@ -229,19 +229,20 @@ def test_{n}(run_state):
 '''
 
 
-def _fake_state(scratch: Path) -> RunState:
-    """A state whose stack is described but never reached (the checks below read no server)."""
+def _fake_state(where: Path) -> RunState:
+    """A state whose stack is described but never reached (the checks below read no server);
+    ``where`` holds its object and secret store folders (attaching makes the latter 0700)."""
     endpoint = PgEndpoint("127.0.0.1", 1, "postgres", "postgres", password="not-a-secret")
     stack = {
         "pg": {"provider": "external", "admin": dataclasses.asdict(endpoint),
-               "tools": [str(scratch), 18], "owns_cluster": False, "name_prefix": "x",
+               "tools": [str(where), 18], "owns_cluster": False, "name_prefix": "x",
                "datadir": None},
         "redis": {"provider": "external",
                   "endpoint": dataclasses.asdict(RedisEndpoint("127.0.0.1", 1)),
                   "version": "7.0"},
         "objects": {"provider": "dir", "substrate": "dir", "endpoint_url": None,
-                    "access_key": None, "secret_key": None, "root": str(scratch)},
-        "secrets": {"provider": "dir", "path": str(scratch)},
+                    "access_key": None, "secret_key": None, "root": str(where / "objects")},
+        "secrets": {"provider": "dir", "path": str(where / "secrets")},
     }
     return RunState(release="2026.06-wait", source_kind="bundle", comparison_basis="none",
                     stack=stack, bundle=None, restored_databases={}, restored_redis=None,
@@ -274,7 +275,8 @@ def test_checks_wait_for_a_run_state_written_later(pytester: pytest.Pytester,
     try:
         time.sleep(3)
         assert proc.poll() is None, proc.communicate()[0]
-        _fake_state(scratch).write(state_file.with_suffix(".partial")).replace(state_file)
+        _fake_state(state_file.parent).write(state_file.with_suffix(".partial")).replace(
+            state_file)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
