@@ -161,6 +161,19 @@ def test_{n}(run_state):
 """
 
 
+def _checks_package(pytester: pytest.Pytester, template: str, count: int) -> None:
+    """A ``checks/assets`` package of ``count`` checks made from ``template``, with the suite's
+    plugins (the shared directory's among them: under -n the run is built while workers start)."""
+    pytester.makeconftest(
+        "pytest_plugins = ('fixtures.options', 'fixtures.controls', 'fixtures.evidence',"
+        " 'fixtures.environment', 'fixtures.restore', 'fixtures.shared')\n")
+    (pytester.path / "checks" / "assets").mkdir(parents=True)
+    (pytester.path / "checks" / "__init__.py").write_text("")
+    (pytester.path / "checks" / "assets" / "__init__.py").write_text("")
+    for n in range(count):
+        (pytester.path / "checks" / "assets" / f"test_{n}.py").write_text(template.format(n=n))
+
+
 def test_restore_happens_once_under_xdist(pytester: pytest.Pytester,
                                           plugin_env: dict[str, str], scratch: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,14 +181,7 @@ def test_restore_happens_once_under_xdist(pytester: pytest.Pytester,
     marks.mkdir()
     monkeypatch.setenv("ONCE_DIR", str(marks))
     monkeypatch.setenv("TMPDIR", str(scratch))
-    pytester.makeconftest(
-        "pytest_plugins = ('fixtures.options', 'fixtures.controls', 'fixtures.evidence',"
-        " 'fixtures.environment', 'fixtures.restore', 'fixtures.shared')\n")
-    (pytester.path / "checks" / "assets").mkdir(parents=True)
-    (pytester.path / "checks" / "__init__.py").write_text("")
-    (pytester.path / "checks" / "assets" / "__init__.py").write_text("")
-    for n in range(4):
-        (pytester.path / "checks" / "assets" / f"test_{n}.py").write_text(STATE_CHECK.format(n=n))
+    _checks_package(pytester, STATE_CHECK, 4)
     started = scratch / "started"
     started.mkdir()
     (pytester.path / "worker_start.py").write_text(WORKER_START.format(out=str(started)))
@@ -257,15 +263,7 @@ def test_checks_wait_for_a_run_state_written_later(pytester: pytest.Pytester,
                                                    workers: list[str]) -> None:
     """``--run-state-wait``: the checks start before the state file exists and attach to it
     once it appears; a file that does not appear in time makes every check broken, saying so."""
-    pytester.makeconftest(
-        "pytest_plugins = ('fixtures.options', 'fixtures.controls', 'fixtures.evidence',"
-        " 'fixtures.environment', 'fixtures.restore', 'fixtures.shared')\n")
-    (pytester.path / "checks" / "assets").mkdir(parents=True)
-    (pytester.path / "checks" / "__init__.py").write_text("")
-    (pytester.path / "checks" / "assets" / "__init__.py").write_text("")
-    for n in range(2):
-        (pytester.path / "checks" / "assets" / f"test_{n}.py").write_text(
-            WAITING_CHECK.format(n=n))
+    _checks_package(pytester, WAITING_CHECK, 2)
     state_file = scratch / f"later-{len(workers)}" / "state.json"
     state_file.parent.mkdir()
     command = [sys.executable, "-m", "pytest", "checks", *workers, "-p", "no:cacheprovider",
