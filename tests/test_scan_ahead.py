@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from caracal_restore.environments.base import BACKGROUND_NICENESS
@@ -22,6 +23,7 @@ def test_background_search_finds_what_a_search_in_place_finds(tmp_path: Path) ->
     record = (tmp_path / "scan" / scan_ahead.RECORD).read_text()
     # A background reader: it yields the CPU to the backup and restore it overlaps.
     assert json.loads(record)["niceness"] == min(19, os.nice(0) + BACKGROUND_NICENESS)
+    assert json.loads(record)["policy"] == ("idle" if sys.platform == "linux" else "other")
     assert all(value not in record and value.upper() not in record
                for value in secrets.values()), "the record holds a secret value"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -68,6 +69,7 @@ def test_background_reading_equals_reading_in_place(tmp_path: Path) -> None:
         direct = read_index(store)
     assert record["rows"] == len(direct.rows) == 4
     assert record["niceness"] == min(19, os.nice(0) + BACKGROUND_NICENESS)
+    assert record["policy"] == ("idle" if sys.platform == "linux" else "other")
     assert direct.duplicates == {("z1", 2): [object_key(HOUR),
                                              object_key(HOUR + dt.timedelta(hours=1))]}
     assert any("not-an-export.txt" in p for p in direct.problems)

@@ -25,7 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from caracal_restore.environments.base import run_in_background, stop_process
+from caracal_restore.environments.base import (
+    background_policy,
+    run_in_background,
+    stop_process,
+)
 from caracal_restore.inspect.assets import Leak, LeakScan, scan_bundle_files
 
 RECORD = "scan.json"
@@ -105,7 +109,8 @@ def main() -> int:
     scan = scan_bundle_files(Path(job["root"]), secrets, pg_restore=pg_restore)
     salt = secrets_lib.token_hex(16)
     record = {"root": job["root"], "salt": salt, "digest": secrets_digest(secrets, salt),
-              "scan": dataclasses.asdict(scan), "niceness": os.nice(0)}
+              "scan": dataclasses.asdict(scan), "niceness": os.nice(0),
+              "policy": background_policy()}
     folder = Path(job["folder"])
     partial = folder / (RECORD + ".partial")
     partial.write_text(json.dumps(record), encoding="utf-8")

@@ -28,7 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from caracal_restore.environments.base import run_in_background, stop_process
+from caracal_restore.environments.base import (
+    background_policy,
+    run_in_background,
+    stop_process,
+)
 from caracal_restore.environments.objectstore import ObjectStoreServer
 
 ENV = "CARACAL_RESTORE_PREFETCH_STORE"
@@ -144,7 +148,8 @@ def main() -> int:
         raise
     record = {"bucket": spec["bucket"], "objects": len(objects), "rows": positions,
               "started_at": started, "seconds": round(time.time() - started, 3),
-              "niceness": os.nice(0)}
+              "niceness": os.nice(0),
+              "policy": background_policy()}
     (folder / DONE).write_text(json.dumps(record), encoding="utf-8")
     return 0
 
