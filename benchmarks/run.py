@@ -239,9 +239,19 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARACAL_RESTORE_")}
     checks: dict[str, Any] = {}
 
-    def start_checks() -> None:
+    def pending(facts: dict[str, Any]) -> None:
+        partial = work / f"{tag}-state.partial"
+        partial.write_text(json.dumps({"pending": facts}), encoding="utf-8")
+        partial.replace(state_file)
+
+    def start_checks(early: dict[str, str | None] | None = None) -> None:
         """As ``pytest checks -n`` does with the run it builds: the check processes start as
-        the restore begins, and wait for the run's state (written whole when it is ready)."""
+        the restore begins, told where the archive's background reading is (a pending state
+        file, which says when the restore is complete too), and wait for the run's state
+        (written whole, in its place, when it is ready)."""
+        if early is not None:
+            checks["early"] = dict(early)
+            pending(checks["early"])
         out = (work / f"{tag}-pytest.out").open("w")
         checks["out"] = out
         checks["proc"] = subprocess.Popen(
@@ -257,7 +267,10 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         started = time.perf_counter()
         SAMPLER.phase = "pipeline (other)"
         try:
-            with pipeline.run_pipeline(spec, stack, on_restore=start_checks) as state:
+            with pipeline.run_pipeline(
+                    spec, stack, on_restore=start_checks,
+                    on_restored=lambda: pending({**checks.get("early", {}), "restored": True}),
+            ) as state:
                 pipeline_s = time.perf_counter() - started
                 restored_names = [e.dbname for e in state.restored_databases.values()]
                 result["pipeline_errors"] = dict(state.errors)

@@ -101,11 +101,15 @@ class _Phases:
 
 @contextlib.contextmanager
 def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
-                 on_restore: Callable[[], object] | None = None) -> Iterator[RunState]:
+                 on_restore: Callable[[dict[str, str | None]], object] | None = None,
+                 on_restored: Callable[[], object] | None = None) -> Iterator[RunState]:
     """Build the run on an isolated stack; tear down what it started when the block ends.
 
     ``on_restore`` is called as the restore begins (the check processes can start then: what
-    is left of the run leaves a core idle for long stretches).
+    is left of the run leaves a core idle for long stretches), with what the run's state will
+    say about the archive's background reading (``archive_bucket``, ``archive_cache``), so
+    that they can load it meanwhile; ``on_restored`` once the restore is complete (what is
+    left, the services' start, mostly copies files: a core is idle).
     """
     phases = _Phases()
     work = Path(tempfile.mkdtemp(prefix="caracal-run-", dir=spec.workdir))
@@ -172,11 +176,15 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
             if ok:
                 assert opened is not None
                 if on_restore is not None:
-                    on_restore()
+                    on_restore({"archive_bucket": archive_bucket,
+                                "archive_cache": str(archive_reading.folder)
+                                if archive_reading is not None else None})
                 restored = exits.enter_context(restore_bundle(
                     opened, stack.pg, secrets=source_secrets, secret_store=stack.secrets,
                     workdir=work, keep=spec.keep, redis_binary=spec.redis_binary,
                 ))
+                if on_restored is not None:
+                    on_restored()
         with phases.phase("release") as ok:
             if ok:
                 assert restored is not None

@@ -197,20 +197,24 @@ def test_restore_happens_once_under_xdist(pytester: pytest.Pytester,
     # own, and the plugin makes the restore last 5 s more), and yet every check saw the
     # finished run.
     restored_at = dt.datetime.fromisoformat(seen[0]["restored_at"]).timestamp()
-    starts = [float(p.read_text()) for p in started.iterdir()]
+    starts = [json.loads(p.read_text()) for p in started.iterdir()]
     assert len(starts) == 2
-    assert max(starts) < restored_at, (starts, restored_at)
+    assert max(s["at"] for s in starts) < restored_at, (starts, restored_at)
+    # ... told where the archive's background reading is, to load it once the restore is done.
+    assert all(s["early"]["archive_bucket"] and s["early"]["archive_cache"] for s in starts)
     assert "caracal-restore: release 2026.06, source reference" in result.stdout.str()
 
 
 WORKER_START = """
 import contextlib
+import json
 import time
 
 def pytest_configure(config):
     if hasattr(config, "workerinput"):
+        handoff = config.workerinput.get("caracal_restore_run") or {{}}
         with open({out!r} + "/" + config.workerinput["workerid"], "w") as fh:
-            fh.write(repr(time.time()))
+            json.dump({{"at": time.time(), "early": handoff.get("early")}}, fh)
         return
     # Controller: a restore that takes 5 s longer (a tiny one takes less than a worker's start).
     from caracal_restore import pipeline
@@ -261,13 +265,17 @@ def _fake_state(where: Path) -> RunState:
 def test_checks_wait_for_a_run_state_written_later(pytester: pytest.Pytester,
                                                    plugin_env: dict[str, str], scratch: Path,
                                                    workers: list[str]) -> None:
-    """``--run-state-wait``: the checks start before the state file exists and attach to it
-    once it appears; a file that does not appear in time makes every check broken, saying so."""
+    """``--run-state-wait``: the checks start before the state file holds a state (it may say
+    only what the run will read) and attach to it once it appears; a file that does not appear
+    in time makes every check broken, saying so."""
     _checks_package(pytester, WAITING_CHECK, 2)
     state_file = scratch / f"later-{len(workers)}" / "state.json"
     state_file.parent.mkdir()
     command = [sys.executable, "-m", "pytest", "checks", *workers, "-p", "no:cacheprovider",
                f"--run-state={state_file}", f"--alluredir={state_file.parent / 'allure'}"]
+    # What a run elsewhere says as its restore begins (and ends): waited past, not read as a state.
+    state_file.write_text(json.dumps({"pending": {
+        "archive_bucket": None, "archive_cache": None, "restored": True}}))
     proc = subprocess.Popen([*command, "--run-state-wait=120"], cwd=pytester.path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

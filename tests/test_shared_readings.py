@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import sys
 import textwrap
@@ -293,3 +294,57 @@ def test_archive_readers_are_grouped_only_in_a_run_of_the_checks(args: list[str]
     config = SimpleNamespace(rootpath=REPO, args=args,
                              invocation_params=SimpleNamespace(dir=REPO))
     assert _runs_checks(config) is expected  # type: ignore[arg-type]
+
+
+def _saved_reading(folder: Path, bucket: str) -> ArchiveIndex:
+    """A complete background reading of a small archive saved in ``folder`` (as the run's)."""
+    from caracal_restore.parquet_export import read_archive_rows, save_rows
+
+    store = objectstore.DirStore(folder.parent / f"{folder.name}-store")
+    _fill(store)
+    objects, problems, table = read_archive_rows(store)
+    rows = save_rows(folder, objects, problems, table)
+    (folder / prefetch.DONE).write_text(json.dumps({"bucket": bucket, "rows": rows}))
+    return ArchiveIndex.load(folder)
+
+
+def test_a_worker_loads_the_archive_reading_once_the_restore_is_complete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker started before the run is ready loads the background reading in a thread, only
+    after the restore (the run's path) is complete, and hands it to ``archive_index`` once; it
+    does not load it with more than two workers, when a second copy would not fit in memory, or
+    for another folder or bucket."""
+    from types import SimpleNamespace
+
+    from fixtures import retention, shared
+
+    cache = tmp_path / "cache"
+    direct = _saved_reading(cache, "archive")
+    early = {"archive_bucket": "archive", "archive_cache": str(cache)}
+    restored = tmp_path / "restored"
+
+    def worker(count: int) -> SimpleNamespace:
+        return SimpleNamespace(stash=pytest.Stash(), workerinput={"workercount": count})
+
+    config = worker(2)
+    retention.preload_archive(config, early, after=(restored,))  # type: ignore[arg-type]
+    preload = config.stash[retention._PRELOAD]
+    preload.thread.join(timeout=0.5)
+    assert preload.thread.is_alive(), "loaded beside the restore"
+    assert preload.index is None
+    restored.touch()
+    assert retention._preloaded(config, cache, "other") is None  # type: ignore[arg-type]
+    loaded = retention._preloaded(config, cache, "archive")  # type: ignore[arg-type]
+    assert loaded is not None
+    _same(loaded, direct)
+    assert retention._preloaded(config, cache, "archive") is None  # type: ignore[arg-type]
+
+    many = worker(3)
+    retention.preload_archive(many, early, after=(restored,))  # type: ignore[arg-type]
+    assert retention._PRELOAD not in many.stash
+
+    monkeypatch.setattr(retention, "memory_available", lambda: 1024)
+    tight = worker(2)
+    retention.preload_archive(tight, early, after=(restored,))  # type: ignore[arg-type]
+    assert retention._preloaded(tight, cache, "archive") is None  # type: ignore[arg-type]
+    assert shared.second_index_fits(len(direct.rows), 1024) is False
