@@ -177,8 +177,9 @@ def test_every_check_reading_the_archive_index_is_scheduled_with_the_others(
         tmp_path: Path) -> None:
     """The archive index is loaded by one worker only if every check that needs it (directly or
     through the chain verification) is in ``ARCHIVE_READERS`` or ``CHAIN_VERIFIERS``; apart,
-    the chain verification is one scope of its own; the others run one by one, and the checks
-    that use the chain verification's result are collected last."""
+    the chain verification is one scope of its own; the restored fingerprint's readers are one
+    scope; the others run one by one; the scopes are collected in the order they are handed
+    out in, and the checks that use the chain verification's result last in each."""
     import json
     import os
     import subprocess
@@ -189,6 +190,8 @@ def test_every_check_reading_the_archive_index_is_scheduled_with_the_others(
         ARCHIVE_SCOPE,
         CHAIN_SCOPE,
         CHAIN_VERIFIERS,
+        FINGERPRINT_READERS,
+        FINGERPRINT_SCOPE,
         scope_of,
     )
 
@@ -210,12 +213,28 @@ def test_every_check_reading_the_archive_index_is_scheduled_with_the_others(
     assert apart <= verifiers
     assert {n for n in readers - apart
             if scope_of(n, chain_apart=True) != ARCHIVE_SCOPE} == set()
-    assert all((REPO / module).is_file() for module in ARCHIVE_READERS + CHAIN_VERIFIERS)
-    others = [n for n in collected if n not in readers and scope_of(n) != ARCHIVE_SCOPE]
+    assert all((REPO / module).is_file()
+               for module in ARCHIVE_READERS + CHAIN_VERIFIERS + FINGERPRINT_READERS)
+    fingerprinted = {n for n, names in collected.items() if "restored_fingerprint" in names}
+    assert len(fingerprinted) >= 2, sorted(fingerprinted)
+    assert {scope_of(n) for n in fingerprinted} == {FINGERPRINT_SCOPE}
+    others = [n for n in collected if n not in readers
+              and scope_of(n) not in (ARCHIVE_SCOPE, FINGERPRINT_SCOPE)]
     assert others
     assert all(scope_of(n) == n == scope_of(n, chain_apart=True) for n in others)
+    # Handed out in collection order: the archive readers' scope, the chain verification, the
+    # fingerprint's readers, the rest; the chain verification's users last in each group.
     order = list(collected)
-    assert order[-len(verifiers):] == [n for n in order if n in verifiers]
+    ranks = [0 if n.split("::")[0].endswith(ARCHIVE_READERS) else
+             1 if n.split("::")[0].endswith(CHAIN_VERIFIERS) else
+             2 if n.split("::")[0].endswith(FINGERPRINT_READERS) else 3 for n in order]
+    assert ranks == sorted(ranks)
+    for rank in set(ranks):
+        group = [n for n, r in zip(order, ranks, strict=True) if r == rank]
+        users = [n for n in group if n in verifiers]
+        assert group[len(group) - len(users):] == users
+    assert ranks.count(0) >= 6
+    assert ranks.count(1) >= 1
 
 
 def test_the_chain_verification_goes_apart_only_when_a_second_index_fits() -> None:
