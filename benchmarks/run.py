@@ -240,14 +240,19 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
     checks: dict[str, Any] = {}
 
     def pending(facts: dict[str, Any]) -> None:
+        """The pending state file: what the run will read, and its stack (credentials: 0600),
+        as a controller that builds the run knows them."""
         partial = work / f"{tag}-state.partial"
-        partial.write_text(json.dumps({"pending": facts}), encoding="utf-8")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"pending": {**facts, "stack": stack.handoff()}}, fh)
         partial.replace(state_file)
 
     def start_checks(early: dict[str, str | None] | None = None) -> None:
         """As ``pytest checks -n`` does with the run it builds: the check processes start as
-        the restore begins, told where the archive's background reading is (a pending state
-        file, which says when the restore is complete too), and wait for the run's state
+        the restore begins, told where the archive's background reading is and the run's stack
+        (a pending state file, which says when the restored data is loaded too), and wait for
+        the run's state
         (written whole, in its place, when it is ready)."""
         if early is not None:
             checks["early"] = dict(early)
@@ -269,7 +274,7 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         try:
             with pipeline.run_pipeline(
                     spec, stack, on_restore=start_checks,
-                    on_restored=lambda: pending({**checks.get("early", {}), "restored": True}),
+                    on_loaded=lambda: pending({**checks.get("early", {}), "loaded": True}),
             ) as state:
                 pipeline_s = time.perf_counter() - started
                 restored_names = [e.dbname for e in state.restored_databases.values()]

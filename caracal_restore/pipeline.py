@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -31,7 +32,7 @@ from caracal_restore.errors import SuiteError
 from caracal_restore.inspect import scan_ahead
 from caracal_restore.profiles.registry import detect_release
 from caracal_restore.redact import REDACTOR
-from caracal_restore.restore import RestoredEnvironment, restore_bundle
+from caracal_restore.restore import RestoredEnvironment, data_loaded, restore_bundle
 from caracal_restore.retention import prefetch
 from caracal_restore.runstate import BundleInfo, CanaryInputs, RunState, ServicesInfo
 
@@ -78,6 +79,20 @@ class PipelineSpec:
     reference_release: str = "2026.06"
 
 
+class _Once:
+    """A callback called at most once, from whichever thread comes first (None: nothing)."""
+
+    def __init__(self, callback: Callable[[], object] | None) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
 class _Phases:
     """Runs phases in order; after the first failure the later ones are skipped."""
 
@@ -102,14 +117,16 @@ class _Phases:
 @contextlib.contextmanager
 def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
                  on_restore: Callable[[dict[str, str | None]], object] | None = None,
-                 on_restored: Callable[[], object] | None = None) -> Iterator[RunState]:
+                 on_loaded: Callable[[], object] | None = None) -> Iterator[RunState]:
     """Build the run on an isolated stack; tear down what it started when the block ends.
 
     ``on_restore`` is called as the restore begins (the check processes can start then: what
     is left of the run leaves a core idle for long stretches), with what the run's state will
     say about the archive's background reading (``archive_bucket``, ``archive_cache``), so
-    that they can load it meanwhile; ``on_restored`` once the restore is complete (what is
-    left, the services' start, mostly copies files: a core is idle).
+    that they can load it meanwhile; ``on_loaded`` once, when the restored data is loaded:
+    the last database's index builds have begun (``restore.data_loaded``; they use one
+    backend, and the services' start, which follows, mostly copies files: a core is idle), or
+    at the latest when the restore is complete.
     """
     phases = _Phases()
     work = Path(tempfile.mkdtemp(prefix="caracal-run-", dir=spec.workdir))
@@ -179,12 +196,16 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
                     on_restore({"archive_bucket": archive_bucket,
                                 "archive_cache": str(archive_reading.folder)
                                 if archive_reading is not None else None})
-                restored = exits.enter_context(restore_bundle(
-                    opened, stack.pg, secrets=source_secrets, secret_store=stack.secrets,
-                    workdir=work, keep=spec.keep, redis_binary=spec.redis_binary,
-                ))
-                if on_restored is not None:
-                    on_restored()
+                loaded = _Once(on_loaded)
+                with contextlib.ExitStack() as watching:
+                    if on_loaded is not None and opened.databases:
+                        watching.enter_context(data_loaded(
+                            stack.pg, stack.pg.database_name(opened.databases[-1]), loaded))
+                    restored = exits.enter_context(restore_bundle(
+                        opened, stack.pg, secrets=source_secrets, secret_store=stack.secrets,
+                        workdir=work, keep=spec.keep, redis_binary=spec.redis_binary,
+                    ))
+                loaded()
         with phases.phase("release") as ok:
             if ok:
                 assert restored is not None

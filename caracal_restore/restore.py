@@ -16,10 +16,12 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
 from caracal_restore.bundle import Bundle
@@ -120,6 +122,47 @@ def restore_database(target: PostgresServer, logical: str, dump: Path, owner: st
         conn.execute("SET default_statistics_target = 10")
         conn.execute("ANALYZE")
     return endpoint
+
+
+#: How often ``data_loaded`` asks the server whether an index build has begun.
+WATCH_POLL = 0.2
+
+
+@contextlib.contextmanager
+def data_loaded(target: PostgresServer, dbname: str, callback: Callable[[], object], *,
+                poll: float = WATCH_POLL) -> Iterator[None]:
+    """While the block runs, call ``callback`` once, from a thread, when an index build in
+    ``dbname`` is first seen (``pg_stat_progress_create_index``).
+
+    ``pg_restore`` builds a database's indexes and constraints after loading all its data, in
+    one backend; a restore's last database building its first index is loaded. The sign is a
+    scheduling hint only: it moves no verdict, and a server that cannot be watched (an error)
+    simply never gives it.
+    """
+    stop = threading.Event()
+
+    def watch() -> None:
+        try:
+            with target.connect() as conn:  # autocommit: each poll sees the server as it is
+                while not stop.wait(poll):
+                    row = conn.execute(
+                        "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index"
+                        " WHERE datname = %s)", (dbname,)).fetchone()
+                    if row is not None and row[0]:
+                        callback()
+                        return
+        except psycopg.Error as exc:
+            log.info("the restore's index builds could not be watched: %s", type(exc).__name__)
+        except Exception:  # the callback's own failure: the run goes on without the hint
+            log.warning("the restore's data-loaded hint failed", exc_info=True)
+
+    thread = threading.Thread(target=watch, name="restore-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager

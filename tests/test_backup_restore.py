@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,7 +276,7 @@ def test_checks_wait_for_a_run_state_written_later(pytester: pytest.Pytester,
                f"--run-state={state_file}", f"--alluredir={state_file.parent / 'allure'}"]
     # What a run elsewhere says as its restore begins (and ends): waited past, not read as a state.
     state_file.write_text(json.dumps({"pending": {
-        "archive_bucket": None, "archive_cache": None, "restored": True}}))
+        "archive_bucket": None, "archive_cache": None, "loaded": True}}))
     proc = subprocess.Popen([*command, "--run-state-wait=120"], cwd=pytester.path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -312,3 +313,68 @@ def test_keep_workdir_keeps_bundle_and_data(scratch: Path) -> None:
     run_dir = next(p for p in keep.iterdir() if p.name.startswith("caracal-run-"))
     assert list((run_dir / "backups").glob("caracalBackup-*.tar.gz*"))
     assert (run_dir / "age-identity.txt").exists()
+
+
+def test_data_loaded_is_told_by_the_first_index_build_of_its_database(scratch: Path) -> None:
+    """``restore.data_loaded`` calls back once an index build in the named database has begun
+    (and only then: not for another database's); a server it cannot watch never calls back,
+    and raises nothing."""
+    from caracal_restore.restore import data_loaded
+
+    with postgres.embedded(workdir=scratch) as pg:
+        for name in ("watched", "other"):
+            pg.create_database(name)
+            with pg.connect(name) as conn:
+                conn.execute("CREATE TABLE t (x int)")
+        seen: dict[str, Any] = {}
+        watched, other = threading.Event(), threading.Event()
+        with pg.connect("watched") as writer:
+            writer.execute("BEGIN")
+            writer.execute("INSERT INTO t VALUES (1)")  # holds the build in its first phase
+
+            def build() -> None:
+                with pg.connect("watched") as conn:
+                    conn.execute("CREATE INDEX CONCURRENTLY t_x ON t (x)")
+                seen["built"] = True
+
+            with data_loaded(pg, pg.database_name("watched"), watched.set, poll=0.02), \
+                    data_loaded(pg, pg.database_name("other"), other.set, poll=0.02):
+                assert not watched.wait(0.3), "told before any index build"
+                builder = threading.Thread(target=build)
+                builder.start()
+                assert watched.wait(30), "an index build under way was not seen"
+                writer.execute("COMMIT")
+                builder.join(30)
+            assert seen.get("built")
+            assert not other.is_set(), "told by another database's index build"
+
+    unreachable = dataclasses.replace(pg, admin=PgEndpoint("127.0.0.1", 1, "postgres",
+                                                           "postgres", password="x"))
+    called = threading.Event()
+    with data_loaded(unreachable, "watched", called.set, poll=0.01):
+        time.sleep(0.1)
+    assert not called.is_set()
+
+
+def test_loaded_stack_is_known_before_the_run_is_ready(scratch: Path) -> None:
+    """The controller's early listing: the stack it builds, or the one a pending state file
+    names, once the restored data is loaded; at once (None) when nothing is built here."""
+    from fixtures.environment import RunHandle, loaded_stack
+
+    where = scratch / "early-stack"
+    where.mkdir()
+    described = _fake_state(where).stack
+    assert loaded_stack(RunHandle()) is None  # nothing built or awaited: no wait
+
+    handle = RunHandle(builder=threading.Thread(), early={"stack": described})
+    found: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: found.update(stack=loaded_stack(handle)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive(), "answered before the restored data was loaded"
+    handle.loaded.set()
+    waiter.join(10)
+    assert found["stack"].objects.root == where / "objects"
+
+    handle.early = {"stack": {"not": "a stack"}}
+    assert loaded_stack(handle) is None
