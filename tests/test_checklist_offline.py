@@ -498,3 +498,40 @@ def test_write_probes_meet_the_verdict_the_statements_meet_when_run(run: Prepare
         pg.drop_database(db.dbname)
         with pg.connect() as admin:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_chain_hmacs_are_recomputed_and_unsigned_rows_counted_in_one_pass(
+        server_tmp: Path) -> None:
+    """RC-2.4's reading: every signed row's chain_hmac recomputed over its stored content and
+    prev (a NULL content hashes as ''); a NULL or empty chain_hmac counts as unsigned."""
+    from caracal_restore.chainhash import chain_hmac_bytes
+    from caracal_restore.environments import postgres
+    from caracal_restore.inspect import secrets as inspect_secrets
+
+    key = b"k" * 32
+    mac = chain_hmac_bytes(key)
+    rows = [  # (zone, seq, content, prev, chain_hmac)
+        ("z1", 1, "aa", None, mac(b"aa", b"").decode()),
+        ("z1", 2, "bb", "aa", mac(b"bb", b"aa").decode()),
+        ("z1", 3, None, "bb", mac(b"", b"bb").decode()),
+        ("z2", 7, "cc", "bb", mac(b"cc", b"xx").decode()),  # signed over another prev
+        ("z2", 8, "dd", "cc", None),
+        ("z2", 9, "ee", "dd", ""),
+    ]
+    with postgres.embedded(workdir=server_tmp) as pg:
+        pg.create_database("hmacs")
+        with pg.connect("hmacs") as conn:
+            conn.execute("CREATE TABLE audit_events (id uuid DEFAULT gen_random_uuid(),"
+                         " zone_id text, chain_seq bigint, content_sha256 text,"
+                         " prev_content_sha256 text, chain_hmac text)")
+            for row in rows:
+                conn.execute("INSERT INTO audit_events (zone_id, chain_seq, content_sha256,"
+                             " prev_content_sha256, chain_hmac) VALUES (%s, %s, %s, %s, %s)",
+                             row)
+            result = inspect_secrets.verify_chain_hmacs(conn, "audit_events", key)
+            other_key = inspect_secrets.verify_chain_hmacs(conn, "audit_events", b"o" * 32)
+    assert (result.signed, result.verified, result.unsigned, result.failed) == (4, 3, 2, 1)
+    assert len(result.failures) == 1
+    assert "zone z2 chain_seq 7" in result.failures[0]
+    assert (other_key.signed, other_key.verified, other_key.failed) == (4, 0, 4)
+    assert other_key.all_failed

@@ -281,23 +281,23 @@ def parse_hex_key(value: str) -> bytes:
 def verify_chain_hmacs(conn: Conn, table: str, key: bytes) -> SignatureResult:
     """Recompute ``chain_hmac`` = HMAC(content_sha256 | prev) of every signed row (§4.5).
 
-    The rows are streamed with COPY (text): the hashed fields are hex (or empty), which COPY
-    never escapes, so each line's fields are the stored values as they are.
+    The rows are streamed with COPY (text), in one pass that also counts the unsigned rows
+    (``chain_hmac`` NULL or empty: written without a key): the hashed fields are hex (or
+    empty), which COPY never escapes, so each line's fields are the stored values as they are.
     """
-    unsigned = _one(conn, sql.SQL(
-        "SELECT count(*) FROM {} WHERE chain_hmac IS NULL OR chain_hmac = ''").format(
-        sql.Identifier("public", table)))
-    signed = verified = 0
+    unsigned = signed = verified = 0
     examples: list[str] = []
     mac = chain_hmac_bytes(key)
     query = sql.SQL(
         "COPY (SELECT COALESCE(content_sha256, ''), COALESCE(prev_content_sha256, ''),"
-        " chain_hmac, zone_id, chain_seq, id::text"
-        " FROM {} WHERE chain_hmac IS NOT NULL AND chain_hmac <> '') TO STDOUT"
+        " COALESCE(chain_hmac, ''), zone_id, chain_seq, id::text FROM {}) TO STDOUT"
     ).format(sql.Identifier("public", table))
     for lines in copy_line_batches(conn, query):
         for line in lines:
             content, prev, stored, where = line.split(b"\t", 3)
+            if not stored:
+                unsigned += 1
+                continue
             signed += 1
             if hmac.compare_digest(mac(content, prev), stored):
                 verified += 1
