@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -248,6 +249,12 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
             json.dump({"pending": {**facts, "stack": stack.handoff()}}, fh)
         partial.replace(state_file)
 
+    def told(**facts: Any) -> None:
+        """What the run says while it builds (the restored data loaded, the restore complete):
+        added to the pending state file, as a controller that builds the run learns it."""
+        checks["early"] = {**checks.get("early", {}), **facts}
+        pending(checks["early"])
+
     def start_checks(early: dict[str, str | None] | None = None) -> None:
         """As ``pytest checks -n`` does with the run it builds: the check processes start as
         the restore begins, told where the archive's background reading is and the run's stack
@@ -274,7 +281,10 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         try:
             with pipeline.run_pipeline(
                     spec, stack, on_restore=start_checks,
-                    on_loaded=lambda: pending({**checks.get("early", {}), "loaded": True}),
+                    on_loaded=lambda: told(loaded=True),
+                    on_restored=lambda databases, release: told(restored={
+                        "databases": {k: dataclasses.asdict(v) for k, v in databases.items()},
+                        "release": release}),
             ) as state:
                 pipeline_s = time.perf_counter() - started
                 restored_names = [e.dbname for e in state.restored_databases.values()]

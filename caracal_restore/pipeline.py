@@ -117,7 +117,9 @@ class _Phases:
 @contextlib.contextmanager
 def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
                  on_restore: Callable[[dict[str, str | None]], object] | None = None,
-                 on_loaded: Callable[[], object] | None = None) -> Iterator[RunState]:
+                 on_loaded: Callable[[], object] | None = None,
+                 on_restored: Callable[[Mapping[str, PgEndpoint], str], object] | None = None,
+                 ) -> Iterator[RunState]:
     """Build the run on an isolated stack; tear down what it started when the block ends.
 
     ``on_restore`` is called as the restore begins (the check processes can start then: what
@@ -126,7 +128,9 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
     that they can load it meanwhile; ``on_loaded`` once, when the restored data is loaded:
     the last database's index builds have begun (``restore.data_loaded``; they use one
     backend, and the services' start, which follows, mostly copies files: a core is idle), or
-    at the latest when the restore is complete.
+    at the latest when the restore is complete; ``on_restored`` with the restored databases
+    and the release once the restore is complete and its release known, before the services
+    start (their start copies the database: a core is idle meanwhile).
     """
     phases = _Phases()
     work = Path(tempfile.mkdtemp(prefix="caracal-run-", dir=spec.workdir))
@@ -210,6 +214,11 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
             if ok:
                 assert restored is not None
                 release = _release(spec.release, restored.databases["caracal"])
+                if on_restored is not None:
+                    try:
+                        on_restored(dict(restored.databases), release)
+                    except Exception:  # a head start for the checks, never the run's failure
+                        log.warning("on_restored failed", exc_info=True)
         scratch_template: str | None = None
         with phases.phase("services") as ok:
             if ok:

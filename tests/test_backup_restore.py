@@ -378,3 +378,102 @@ def test_loaded_stack_is_known_before_the_run_is_ready(scratch: Path) -> None:
 
     handle.early = {"stack": {"not": "a stack"}}
     assert loaded_stack(handle) is None
+
+
+def test_selects_whole_module(tmp_path: Path) -> None:
+    """The restored fingerprint is taken ahead only for a run that selects all of step 1:
+    its module or a directory holding it named, nothing narrowing the selection."""
+    from types import SimpleNamespace
+
+    from fixtures.environment import selects_whole
+
+    def config(*args: str, **option: Any) -> Any:
+        return SimpleNamespace(
+            args=list(args), rootpath=tmp_path,
+            invocation_params=SimpleNamespace(dir=tmp_path),
+            option=SimpleNamespace(**{"keyword": "", "markexpr": "", "deselect": None,
+                                      **option}))
+
+    module = ("checks/restore_checklist/test_step1_postgres.py",)
+    assert selects_whole(config("checks"), module)
+    assert selects_whole(config("checks/restore_checklist"), module)
+    assert selects_whole(config("checks/restore_checklist/test_step1_postgres.py"), module)
+    assert not selects_whole(config("checks/retention"), module)
+    assert not selects_whole(config("checks/restore_checklist/test_step1_postgres.py::x"),
+                             module)
+    assert not selects_whole(config("checks", keyword="RC-1"), module)
+    assert not selects_whole(config("checks", markexpr="critical"), module)
+    assert not selects_whole(config("checks", deselect=["checks/x.py::y"]), module)
+
+
+def test_pending_state_tells_what_was_restored() -> None:
+    """A pending ``--run-state`` file that names the restored databases and release is told
+    once; anything else it says there is not."""
+    from fixtures.environment import _tell_restored
+
+    told: list[tuple[Any, str]] = []
+    endpoint = PgEndpoint("127.0.0.1", 5, "caracal", "caracal_x", password="not-a-secret")
+    assert _tell_restored({"databases": {"caracal": dataclasses.asdict(endpoint)},
+                           "release": "1.0"}, lambda d, r: told.append((d, r)))
+    assert told == [({"caracal": endpoint}, "1.0")]
+    for bad in (None, True, {"release": "1.0"}, {"databases": {"caracal": {"x": 1}},
+                                                 "release": "1.0"}, {"databases": [1]}):
+        assert not _tell_restored(bad, lambda d, r: told.append((d, r)))
+    assert len(told) == 1
+
+
+def test_restored_fingerprint_taken_ahead_is_the_checks_reading(server_tmp: Path) -> None:
+    """The controller's fingerprint of the restored database, taken while the services start,
+    is the ``once_per_run`` result step 1 receives (equal to one taken then), and a failure
+    leaves no result, so the first check that needs it takes it itself."""
+    from types import SimpleNamespace
+
+    from caracal_restore.profiles.registry import profile_for
+    from fixtures import shared
+    from fixtures.restore import (
+        fingerprint_ahead,
+        restored_fingerprint_name,
+        take_restored_fingerprint,
+    )
+
+    profile = profile_for("2026.06")
+    with postgres.embedded(workdir=server_tmp) as pg:
+        endpoint = pg.create_database("restored")
+        with pg.connect(endpoint.dbname) as conn:
+            conn.execute("CREATE TABLE policies (id int PRIMARY KEY, body jsonb)")
+            conn.execute("INSERT INTO policies"
+                         " SELECT g, '{\"a\": 1}' FROM generate_series(1, 50) g")
+
+        def config(folder: Path, workers: int | None = 2) -> Any:
+            folder.mkdir()
+            stash = pytest.Stash()
+            stash[shared._DIR] = folder
+            return SimpleNamespace(option=SimpleNamespace(numprocesses=workers), stash=stash)
+
+        name = restored_fingerprint_name(profile)
+        ahead = config(server_tmp / "ahead")
+        thread = fingerprint_ahead(ahead, {"caracal": endpoint}, "2026.06")
+        assert thread is not None
+        thread.join(60)
+        def again() -> dict[str, Any]:
+            pytest.fail("taken again")
+
+        value, mine = shared.once_per_run(ahead, name, again)
+        assert not mine
+        assert value["tables"]["policies"]["rows"] == 50
+        assert value["tables"] == take_restored_fingerprint(endpoint, profile)["tables"]
+
+        broken = config(server_tmp / "broken")
+        gone = dataclasses.replace(endpoint, port=1)
+        thread = fingerprint_ahead(broken, {"caracal": gone}, "2026.06")
+        assert thread is not None
+        thread.join(60)
+        value, mine = shared.once_per_run(broken, name,
+                                          lambda: {"taken": "by the check"})
+        assert mine
+        assert value == {"taken": "by the check"}
+
+        assert fingerprint_ahead(config(server_tmp / "one", None), {"caracal": endpoint},
+                                 "2026.06") is None  # no workers: the check takes it
+        assert fingerprint_ahead(ahead, {}, "2026.06") is None
+        assert fingerprint_ahead(ahead, {"caracal": endpoint}, "9.9") is None

@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from caracal_restore import fingerprint as fp
 from caracal_restore.environments.base import PgEndpoint
 from caracal_restore.environments.postgres import PostgresServer
 from caracal_restore.inspect import CannotEvaluate
@@ -35,6 +34,7 @@ from checks.restore_checklist.expectations import (
 from fixtures import evidence
 from fixtures.controls import Severity, control
 from fixtures.options import SuiteConfig
+from fixtures.restore import restored_fingerprint_name, take_restored_fingerprint
 from fixtures.shared import once_per_run
 
 
@@ -60,12 +60,8 @@ def restored_fingerprint(restored_db: PgEndpoint, profile: Profile,
                          pytestconfig: pytest.Config) -> dict[str, Any]:
     """A fingerprint of the restored database, taken read-only the way the backup took its own
     (once per run: the first process that needs it takes it, the others receive it)."""
-    def take() -> dict[str, Any]:
-        with psycopg.connect(restored_db.conninfo(), autocommit=True) as conn:
-            return dict(fp.take_fingerprint(conn, sessions_table=profile.lineage_table,
-                                            agents_table=profile.agent_table))
-
-    return once_per_run(pytestconfig, "restored-fingerprint", take)[0]
+    return once_per_run(pytestconfig, restored_fingerprint_name(profile),
+                        lambda: take_restored_fingerprint(restored_db, profile))[0]
 
 
 @control("RC-1.1", feature=STEP1, grade="verified", severity=Severity.CRITICAL)
