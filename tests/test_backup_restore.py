@@ -301,12 +301,21 @@ def test_checks_wait_for_a_run_state_written_later(pytester: pytest.Pytester,
 
 
 def test_keep_workdir_keeps_bundle_and_data(scratch: Path) -> None:
+    """--keep-workdir keeps the bundle and the data; the run also says, once each, when the
+    restored data is loaded and what was restored (the hooks the check processes use)."""
     keep = scratch / "kept"
     keep.mkdir(mode=0o755)
+    loaded: list[bool] = []
+    restored: list[tuple[list[str], str]] = []
     with start_stack(StackSpec(workdir=keep, keep=True)) as stack, run_pipeline(
         PipelineSpec(services="none", audit_events=200, workdir=keep, keep=True), stack,
+        on_loaded=lambda: loaded.append(True),
+        on_restored=lambda databases, release: restored.append((sorted(databases), release)),
     ) as state:
         assert not state.errors
+        assert loaded == [True]
+        assert restored == [(sorted(state.restored_databases), state.release)]
+        assert "caracal" in restored[0][0]
     kept = [p.name for p in keep.iterdir()]
     assert any(n.startswith("caracal-run-") for n in kept), kept
     assert any(n.startswith("caracal-pg-") for n in kept), kept
