@@ -3,7 +3,8 @@
 The real 1.0 bundle (no fingerprint, unencrypted, only ``caracal.dump``) runs through the whole
 check suite: the expected outcome set is pinned — its real findings fail, what it cannot show
 without an input the user can give is broken or not evaluated with that input named, what the
-data prove absent is not applicable, everything else passes.
+data prove absent is not applicable, everything else passes. Its recovery point depends on
+when it is restored: from a day after it was made (2026-11-25 06:19 UTC), RC-RPO fails on it.
 
 With a live source (``--source-dsn``; here the reference deployment's own source database) the
 run compares the restore with it where no fingerprint does: the source is only read (its
@@ -16,6 +17,7 @@ while an audit partition the source's retention dropped since is reported, not f
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import shutil
@@ -86,6 +88,12 @@ MUST_PASS = ("test_target_is_isolated", "test_every_manifest_database_is_restore
              "test_admin_token_matches_its_stored_hash",
              "test_streams_key_verifies_stream_signatures")
 SKIP_REASONS = ("not applicable", "not evaluated", "not requested")
+#: When backup.sh made the bundle (its stamp). Its age at restore decides RC-RPO under the
+#: default objective of 24 h: a real finding from the day after it was made, a pass before.
+REAL_CREATED = dt.datetime(2026, 11, 24, 6, 19, 10, tzinfo=dt.UTC)
+RPO = dt.timedelta(hours=24)
+#: Restores this close to the objective may land on either side of it.
+RPO_MARGIN = dt.timedelta(minutes=30)
 
 
 def _outcomes(results: Path) -> dict[str, Outcome]:
@@ -135,10 +143,19 @@ def test_real_backup_sh_bundle_gives_the_expected_outcomes(tmp_path: Path) -> No
     assert "dump's audit_export_watermark" in watermark.message
     for name in MUST_PASS:
         assert outcomes[name].status == "passed", (name, outcomes[name])
+    rpo = outcomes["test_newest_backup_within_rpo"]
+    age = dt.datetime.now(dt.UTC) - REAL_CREATED
+    if age > RPO + RPO_MARGIN:  # restored more than a day after it was made: a real finding
+        assert rpo.status == "failed", rpo
+        assert "caracalBackup-20261124T061910Z.tar.gz was" in rpo.message, rpo
+        assert "h old when the restore" in rpo.message, rpo
+    elif age < RPO - RPO_MARGIN:
+        assert rpo.status == "passed", rpo
     # Nothing else is silently skipped; anything else that fails or cannot be evaluated names
     # the bundle's third real finding: its zone has no signing key row (the revocation probe
     # cannot sign a mandate for it).
-    pinned = {*REAL_FINDINGS, *NEEDS_CANARY, *NEEDS_SOURCE, *NEVER_EXPORTED}
+    pinned = {*REAL_FINDINGS, *NEEDS_CANARY, *NEEDS_SOURCE, *NEVER_EXPORTED,
+              "test_newest_backup_within_rpo"}
     for name, got in outcomes.items():
         if name in pinned:
             continue
