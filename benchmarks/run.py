@@ -262,8 +262,7 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         the run's state
         (written whole, in its place, when it is ready)."""
         if early is not None:
-            checks["early"] = dict(early)
-            pending(checks["early"])
+            told(**early)
         out = (work / f"{tag}-pytest.out").open("w")
         checks["out"] = out
         checks["proc"] = subprocess.Popen(
