@@ -129,8 +129,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
     the last database's index builds have begun (``restore.data_loaded``; they use one
     backend, and the services' start, which follows, mostly copies files: a core is idle), or
     at the latest when the restore is complete; ``on_restored`` with the restored databases
-    and the release once the restore is complete and its release known, before the services
-    start (their start copies the database: a core is idle meanwhile).
+    and the release once the restore is complete, its release known and the services' writable
+    copy made (what it starts may then read the restored databases while the services start).
     """
     phases = _Phases()
     work = Path(tempfile.mkdtemp(prefix="caracal-run-", dir=spec.workdir))
@@ -210,15 +210,12 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
                         workdir=work, keep=spec.keep, redis_binary=spec.redis_binary,
                     ))
                 loaded()
+        told_restored = _Once(None)
         with phases.phase("release") as ok:
             if ok:
                 assert restored is not None
                 release = _release(spec.release, restored.databases["caracal"])
-                if on_restored is not None:
-                    try:
-                        on_restored(dict(restored.databases), release)
-                    except Exception:  # a head start for the checks, never the run's failure
-                        log.warning("on_restored failed", exc_info=True)
+                told_restored = _Once(_telling(on_restored, dict(restored.databases), release))
         scratch_template: str | None = None
         with phases.phase("services") as ok:
             if ok:
@@ -229,7 +226,8 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
                 scratch_template = stack.pg.database_name(SCRATCH_TEMPLATE)
                 exits.callback(stack.pg.drop_database, scratch_template)
                 services = _services(spec, stack, opened, restored, source_secrets, work,
-                                     exits, release=release)
+                                     exits, release=release, copied=told_restored)
+        told_restored()  # no copy made (no reference services), or their start failed
         # Not waited for: the check processes wait for its record (``prefetch.completed``).
         archive_cache = str(archive_reading.folder) if archive_reading is not None else None
         secret_scan = None
@@ -325,6 +323,21 @@ def _reference_backup(spec: PipelineSpec, stack: IsolatedStack, work: Path,
     return deployment, f"s3://{backups}/{key}", identity, archive_reading
 
 
+def _telling(on_restored: Callable[[Mapping[str, PgEndpoint], str], object] | None,
+             databases: Mapping[str, PgEndpoint], release: str) -> Callable[[], None] | None:
+    """``on_restored`` with what it is told, its failure logged: a head start for the checks,
+    never the run's failure (None: nothing to tell)."""
+    if on_restored is None:
+        return None
+
+    def tell() -> None:
+        try:
+            on_restored(databases, release)
+        except Exception:
+            log.warning("on_restored failed", exc_info=True)
+    return tell
+
+
 def reference_release(spec: PipelineSpec) -> str:
     """The release of the reference source: ``1.0`` when asked, else 2026.06 (``auto`` too)."""
     return "1.0" if spec.reference_release == "1.0" else "2026.06"
@@ -395,8 +408,14 @@ def _bundle_info(b: bundles.Bundle) -> BundleInfo:
 
 def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
               restored: RestoredEnvironment, secrets: Mapping[str, str], work: Path,
-              exits: contextlib.ExitStack, *, release: str = "2026.06") -> ServicesInfo:
-    """Services for the live checks, on a writable copy so the restored data stays pristine."""
+              exits: contextlib.ExitStack, *, release: str = "2026.06",
+              copied: Callable[[], None] = lambda: None) -> ServicesInfo:
+    """Services for the live checks, on a writable copy so the restored data stays pristine.
+
+    ``copied`` is called once that copy is made: PostgreSQL copies a database only while no
+    other session is connected to it (``CREATE DATABASE`` waits 5 s for one to leave, then
+    fails), so nothing may read the restored database before then.
+    """
     if spec.services == "none":
         return ServicesInfo(mode="none")
     if spec.services == "external":
@@ -413,6 +432,7 @@ def _services(spec: PipelineSpec, stack: IsolatedStack, opened: bundles.Bundle,
     source = restored.databases["caracal"]
     live_name = stack.pg.create_database("caracal_live", template=source.dbname).dbname
     exits.callback(stack.pg.drop_database, live_name)
+    copied()
     password = secrets.get("postgresPassword", "")
     live_db = PgEndpoint(source.host, source.port, "caracal", live_name, password)
     live_redis = exits.enter_context(redis_env.embedded(

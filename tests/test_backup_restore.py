@@ -324,6 +324,34 @@ def test_keep_workdir_keeps_bundle_and_data(scratch: Path) -> None:
     assert (run_dir / "age-identity.txt").exists()
 
 
+def test_what_on_restored_starts_may_read_the_restored_database(scratch: Path) -> None:
+    """``on_restored`` comes once the services' writable copy is made: a session it opens on
+    the restored database (as the restored fingerprint taken ahead does) and holds while the
+    services start does not stop PostgreSQL from copying the database for them (CREATE
+    DATABASE waits 5 s for the template's other sessions to leave, then fails)."""
+    held: list[psycopg.Connection[Any]] = []
+    copies: list[bool] = []
+    with start_stack(StackSpec(workdir=scratch)) as stack:
+        live = stack.pg.database_name("caracal_live")
+
+        def restored(databases: Any, release: str) -> None:
+            with stack.pg.connect() as conn:
+                copies.append(conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                           (live,)).fetchone() is not None)
+            held.append(psycopg.connect(databases["caracal"].conninfo(), autocommit=True))
+
+        try:
+            with run_pipeline(PipelineSpec(services="reference", audit_events=200,
+                                           workdir=scratch), stack,
+                              on_restored=restored) as state:
+                assert state.errors == {}
+                assert state.services.sts_url
+        finally:
+            for conn in held:
+                conn.close()
+    assert copies == [True], "on_restored came before the services' copy was made"
+
+
 def test_data_loaded_is_told_by_the_first_index_build_of_its_database(scratch: Path) -> None:
     """``restore.data_loaded`` calls back once an index build in the named database has begun
     (and only then: not for another database's); a server it cannot watch never calls back,
