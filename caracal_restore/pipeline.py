@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 ARCHIVE_BUCKET = "caracal-audit-archive"
 BACKUP_BUCKET = "caracal-backups"
 PHASES = ("source", "backup", "restore", "release", "services")
-#: How long the end of the pipeline waits for each background reading (of the archive, and the
-#: bundle's secret search); the checks make it themselves when it is not complete by then.
-ARCHIVE_READ_TIMEOUT = 1800.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,11 +225,10 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
                 services = _services(spec, stack, opened, restored, source_secrets, work,
                                      exits, release=release, copied=told_restored)
         told_restored()  # no copy made (no reference services), or their start failed
-        # Not waited for: the check processes wait for its record (``prefetch.completed``).
+        # Neither background reading is waited for: the check processes that need one wait
+        # for its record (``prefetch.completed``, ``scan_ahead.load``).
         archive_cache = str(archive_reading.folder) if archive_reading is not None else None
-        secret_scan = None
-        if scanning is not None and scanning.wait(timeout=ARCHIVE_READ_TIMEOUT):
-            secret_scan = str(scanning.folder)
+        secret_scan = str(scanning.folder) if scanning is not None else None
         yield RunState(
             release=release,
             source_kind=spec.source,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from caracal_restore.environments.base import BACKGROUND_NICENESS
@@ -36,3 +37,29 @@ def test_background_search_finds_what_a_search_in_place_finds(tmp_path: Path) ->
     assert scan_ahead.load(tmp_path / "scan", tmp_path, secrets) is None
     assert scan_ahead.load(tmp_path / "absent", root, secrets) is None
     assert scan_ahead.load(None, root, secrets) is None
+
+
+def test_a_check_waits_for_a_search_under_way(tmp_path: Path) -> None:
+    """The run hands the checks the search's folder without waiting for it: loading it waits
+    for the record while the search runs, and returns at once when its process is gone."""
+    root = tmp_path / "caracalBackup-20261124T120000Z"
+    (root / "postgres").mkdir(parents=True)
+    secrets = {"auditHmacKey": "cd" * 32}
+    (root / "postgres" / "globals.sql").write_text(f"-- leaked {'cd' * 32}\n")
+    folder = tmp_path / "scan"
+    search = scan_ahead.start(root, secrets, None, folder)
+    try:
+        assert not (folder / scan_ahead.RECORD).exists()  # its interpreter is still starting
+        loaded = scan_ahead.load(folder, root, secrets, wait=120)
+        assert loaded is not None
+        assert [(leak.secret, leak.where) for leak in loaded.leaks] == [
+            ("auditHmacKey", "postgres/globals.sql")]
+    finally:
+        search.stop()
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / scan_ahead.PID).write_text(str(search.process.pid))  # reaped: no such process
+    started = time.monotonic()
+    assert scan_ahead.load(gone, root, secrets, wait=60) is None
+    assert time.monotonic() - started < 5

@@ -249,6 +249,26 @@ def lower_thread_priority() -> None:
     os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness + BACKGROUND_NICENESS))
 
 
+def process_running(pid_file: Path) -> bool:
+    """True while the process whose id ``pid_file`` holds exists and is not a zombie (for a
+    check process waiting on a background reader the run started)."""
+    try:
+        pid = int(pid_file.read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        if Path("/proc/self/stat").exists():
+            return False  # a Linux without that process
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
+
+
 def stop_process(process: subprocess.Popen[bytes], *, grace: float,
                  after_kill: float | None = None) -> None:
     """Stop a child the suite started: SIGTERM, then SIGKILL after ``grace`` seconds (waiting

@@ -6,6 +6,10 @@ process (its own interpreter) runs ``assets.scan_bundle_files`` and writes what 
 found — secret *names*, forms and places, never a value — to ``scan.json``. The secrets reach
 the child on its stdin (never its command line or environment).
 
+The run does not wait for the search: it hands the checks the folder, and the check process
+that needs the search waits for the record there (``load(..., wait=...)``) while the child
+runs; one that has failed or is gone leaves that check to search the bundle itself.
+
 The record carries a salted SHA-256 of the secrets it searched for; the check process accepts
 the record only when the same digest of the secrets *it* read from the restored secret store
 matches, and otherwise searches the bundle itself. So the verdict never depends on this
@@ -21,18 +25,24 @@ import os
 import secrets as secrets_lib
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from caracal_restore.environments.base import (
     background_policy,
+    process_running,
     run_in_background,
     stop_process,
 )
 from caracal_restore.inspect.assets import Leak, LeakScan, scan_bundle_files
 
 RECORD = "scan.json"
+#: The searching process's id, for a waiting check process to tell whether it still runs.
+PID = "scanner.pid"
+#: How long a check process waits for a search still under way (the run's own limit).
+WAIT = 1800.0
 
 
 @dataclasses.dataclass
@@ -75,6 +85,7 @@ def start(root: Path, secrets: Mapping[str, str], pg_restore: Path | None,
     with (folder / "scan.log").open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                    stdout=out, stderr=subprocess.STDOUT)
+    (folder / PID).write_text(str(process.pid), encoding="ascii")
     assert process.stdin is not None
     try:
         process.stdin.write(job)
@@ -83,10 +94,16 @@ def start(root: Path, secrets: Mapping[str, str], pg_restore: Path | None,
     return ScanAhead(folder, process)
 
 
-def load(folder: Path | None, root: Path, secrets: Mapping[str, str]) -> LeakScan | None:
-    """The background search of ``root`` for exactly ``secrets`` (None: absent or another)."""
+def load(folder: Path | None, root: Path, secrets: Mapping[str, str], *,
+         wait: float = 0.0) -> LeakScan | None:
+    """The background search of ``root`` for exactly ``secrets`` (None: absent, another, or
+    not complete within ``wait`` seconds while its process runs)."""
     if folder is None:
         return None
+    deadline = time.monotonic() + wait
+    while (not (folder / RECORD).exists() and process_running(folder / PID)
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
     try:
         record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
         if (record["root"] != str(root)

@@ -30,6 +30,7 @@ from typing import Any
 
 from caracal_restore.environments.base import (
     background_policy,
+    process_running,
     run_in_background,
     stop_process,
 )
@@ -94,7 +95,7 @@ def completed(folder: Path, bucket: str, *, wait: float = 0.0) -> dict[str, Any]
     deadline = time.monotonic() + wait
     while True:
         record = _record(folder, bucket)
-        if (record is not None or (folder / FAILED).exists() or not _running(folder)
+        if (record is not None or (folder / FAILED).exists() or not process_running(folder / PID)
                 or time.monotonic() >= deadline):
             return record if record is not None else _record(folder, bucket)
         time.sleep(0.05)
@@ -106,25 +107,6 @@ def _record(folder: Path, bucket: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and record.get("bucket") == bucket else None
-
-
-def _running(folder: Path) -> bool:
-    """True while the reading process named in ``folder`` exists and is not a zombie."""
-    try:
-        pid = int((folder / PID).read_text(encoding="ascii"))
-    except (OSError, ValueError):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        if Path("/proc/self/stat").exists():
-            return False  # a Linux without that process
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
 
 
 def main() -> int:
