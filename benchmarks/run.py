@@ -331,6 +331,7 @@ def one_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
     """Everything for one size (runs in its own process)."""
     from caracal_restore.environments.stack import StackSpec, start_stack
     from caracal_restore.pipeline import ARCHIVE_BUCKET
+    from caracal_restore.reference import generator
     from caracal_restore.reference.deployment import build_reference
     from caracal_restore.reference.generator import Volume
 
@@ -345,10 +346,16 @@ def one_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
             archive = stack.objects.bucket(f"{ARCHIVE_BUCKET}-bench", create=True,
                                            object_lock=True, compliance_days=365)
             log(f"{events:,} events: generating the reference source")
+            # The database's population on its own, as the reference deployment issue states
+            # its target (100 000 events in under 60 s on 2 cores): timed here, not in a test.
+            generated: dict[str, float] = {}
             started = time.perf_counter()
-            with build_reference(archive=archive, seed=args.seed,
-                                 volume=Volume(audit_events=events), workdir=work) as source:
+            with mock.patch.object(generator, "populate",
+                                   _timed(generated, "populate", generator.populate)), \
+                    build_reference(archive=archive, seed=args.seed,
+                                    volume=Volume(audit_events=events), workdir=work) as source:
                 out["generate_s"] = time.perf_counter() - started
+                out["populate_s"] = generated.get("populate")
                 out["generator_peak_rss_mb"] = (
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 owner = source.owner_db
@@ -360,7 +367,9 @@ def one_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
                 out["audit_rows"] = int(row[0]) if row else 0
                 out["audit_table_bytes"] = int(size[0]) if size and size[0] else 0
                 log(f"  generated {out['audit_rows']:,} surviving rows in "
-                    f"{out['generate_s']:.0f} s ({out['audit_table_bytes'] / 2**20:.0f} MB)")
+                    f"{out['generate_s']:.0f} s, the database populated in "
+                    f"{out['populate_s'] or 0:.1f} s "
+                    f"({out['audit_table_bytes'] / 2**20:.0f} MB)")
                 conninfo = owner.with_db("caracal")
                 job = {"conninfo": _conninfo_without_password(conninfo),
                        "password": conninfo.password, "key_hex": source.secrets["auditHmacKey"]}
@@ -406,7 +415,9 @@ def _spread(values: list[float]) -> str:
 
 def summarise(size: dict[str, Any]) -> dict[str, Any]:
     """Medians, ratios and verdicts of one size."""
-    s: dict[str, Any] = {"events": size["events"], "audit_rows": size.get("audit_rows")}
+    s: dict[str, Any] = {"events": size["events"], "audit_rows": size.get("audit_rows"),
+                         "generate_s": size.get("generate_s"),
+                         "populate_s": size.get("populate_s")}
     runs = size.get("verifiers", {})
     eps = {name: [r["events_per_s"] for r in rs] for name, rs in runs.items()}
     med = {name: _median(v) for name, v in eps.items()}
