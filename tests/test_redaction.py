@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import random
+import re
 
-from caracal_restore.redact import MASK, Redactor
+from caracal_restore.redact import MASK, Redactor, _literal_pattern
 
 
 def test_all_forms_are_removed() -> None:
@@ -29,3 +31,30 @@ def test_short_values_are_ignored() -> None:
 
 def test_repr_shows_no_secret() -> None:
     assert "hunter2hunter2" not in repr(Redactor(["hunter2hunter2"]))
+
+
+def test_a_secret_inside_a_longer_one_leaves_no_part_of_the_longer_visible() -> None:
+    """The longest registered form at a position is masked whole, whatever the order added."""
+    for order in ((SHORT := "abcdef12", LONG := "xxabcdef12yy"), (LONG, SHORT)):
+        red = Redactor(order)
+        assert red(f"[{LONG}] [{SHORT}] [abcdef12yy]") == f"[{MASK}] [{MASK}] [{MASK}yy]"
+
+
+def test_many_forms_match_exactly_as_a_longest_first_alternation() -> None:
+    """The trie pattern finds what ``longest|…|shortest`` finds, on forms sharing prefixes."""
+    rnd = random.Random(7)
+    for _ in range(500):
+        alphabet = rnd.choice(["ab", "abc", "a.b*(", "xy|?\\"])
+        forms = {"".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 7)))
+                 for _ in range(rnd.randint(1, 12))}
+        text = "".join(rnd.choice(alphabet + "Q") for _ in range(60))
+        flat = re.compile("|".join(map(re.escape, sorted(forms, key=len, reverse=True))))
+        assert re.sub(_literal_pattern(forms), "#", text) == flat.sub("#", text), (forms, text)
+
+
+def test_secrets_added_after_a_use_are_masked_too() -> None:
+    red = Redactor(["first-secret"])
+    assert red("first-secret") == MASK
+    red.add("second-secret")
+    assert red("first-secret second-secret") == f"{MASK} {MASK}"
+    assert "second-secret" in red
