@@ -35,9 +35,10 @@ def test_repr_shows_no_secret() -> None:
 
 def test_a_secret_inside_a_longer_one_leaves_no_part_of_the_longer_visible() -> None:
     """The longest registered form at a position is masked whole, whatever the order added."""
-    for order in ((SHORT := "abcdef12", LONG := "xxabcdef12yy"), (LONG, SHORT)):
+    short, long = "abcdef12", "xxabcdef12yy"
+    for order in ((short, long), (long, short)):
         red = Redactor(order)
-        assert red(f"[{LONG}] [{SHORT}] [abcdef12yy]") == f"[{MASK}] [{MASK}] [{MASK}yy]"
+        assert red(f"[{long}] [{short}] [abcdef12yy]") == f"[{MASK}] [{MASK}] [{MASK}yy]"
 
 
 def test_many_forms_match_exactly_as_a_longest_first_alternation() -> None:
