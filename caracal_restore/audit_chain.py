@@ -158,6 +158,8 @@ class Report:
     hmac_checked: bool
     retention: dict[str, int]
     notes: tuple[str, ...] = ()
+    #: ``key_check`` of the key the HMACs were recomputed under (None: none was given).
+    hmac_key_check: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def events_per_s(self) -> float:
@@ -291,6 +293,16 @@ class _Context:
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+#: What ``key_check`` signs; no chain message has this form (those are hex, '|' and hex).
+_KEY_CHECK_MESSAGE = b"caracal-restore: the key these HMACs were recomputed under"
+
+
+def key_check(key: bytes | None) -> str | None:
+    """An HMAC of a fixed message under ``key``, to tell whether two readings used the same key
+    without keeping the key (None: no key)."""
+    return hmac.new(key, _KEY_CHECK_MESSAGE, hashlib.sha256).hexdigest() if key else None
 
 
 def _hmac_hex(key: bytes) -> Callable[[str, str], str]:
@@ -1188,6 +1200,7 @@ def _report(ctx: _Context, summaries: dict[str | None, ZoneSummary], started: fl
         hmac_checked=ctx.key is not None,
         retention=dict(ctx.retention),
         notes=tuple(notes),
+        hmac_key_check=key_check(ctx.key),
     )
 
 

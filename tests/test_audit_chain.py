@@ -599,6 +599,48 @@ def test_causes_cover_every_kind() -> None:
 # ------------------------------------------------------------------------- admin chain
 
 
+# RC-2.4 takes the verifier's HMAC counts only where they are its own reading's (every row,
+# the same key, none failing); any other case reads again. (defect, the verifier's key)
+_HMAC_CASES = {
+    "clean": ("", KEY),
+    "another key": ("", OTHER_KEY),
+    "forged row": ("forge", KEY),
+    "unsigned rows": ("UPDATE audit_events SET chain_hmac = NULL WHERE chain_seq < 5", KEY),
+    "empty signatures": ("UPDATE audit_events SET chain_hmac = '' WHERE chain_seq = 7", KEY),
+    "NULL chain_seq": ("UPDATE audit_events SET chain_seq = NULL"
+                       " WHERE zone_id = 'zone-beta' AND chain_seq = 10", KEY),
+    "escaped field": ("UPDATE audit_events SET request_id = E'a\\tb'"
+                      " WHERE zone_id = 'zone-alpha' AND chain_seq = 3", KEY),
+}
+
+
+@pytest.mark.parametrize("case", list(_HMAC_CASES))
+def test_chain_hmac_counts_stand_for_rc_2_4_only_when_they_are_its_reading(
+        clone: Clone, case: str) -> None:
+    """The verifier's counts equal RC-2.4's own reading, or are not used (None)."""
+    from caracal_restore.inspect import secrets as inspect_secrets
+
+    defect, verifier_key = _HMAC_CASES[case]
+    conn = clone()
+    if defect == "forge":
+        forge(conn, "zone-alpha", 30, OTHER_KEY, decision="allow")
+    elif defect:
+        conn.execute(defect)
+    report = verify_audit_chain(conn, hmac_key=verifier_key)
+    rows = inspect_secrets.table_rows(conn, "audit_events")
+    derived = inspect_secrets.chain_hmacs_as_verified(report, KEY, rows)
+    read = inspect_secrets.verify_chain_hmacs(conn, "audit_events", KEY)
+    if case in ("another key", "forged row"):
+        assert derived is None
+    else:
+        assert derived == dataclasses.replace(read, failures=()), case
+        # A row the verifier did not read (rows counted apart from it): not its reading.
+        assert inspect_secrets.chain_hmacs_as_verified(report, KEY, rows + 1) is None
+    assert derived is None or read.failed == 0
+    assert inspect_secrets.chain_hmacs_as_verified(
+        verify_audit_chain(conn), KEY, rows) is None  # no key: no HMAC was recomputed
+
+
 def test_admin_chain_clean(clone: Clone) -> None:
     """Admin chains verify: links always, HMAC where signed, content where recomputable."""
     report = verify_admin_chain(clone(), KEY)

@@ -25,6 +25,7 @@ import redis as redis_lib
 from psycopg import sql
 
 from caracal_restore import envelope
+from caracal_restore.audit_chain import Report, key_check
 from caracal_restore.chainhash import chain_hmac_bytes, producer_signature, stream_signature
 from caracal_restore.pgcopy import copy_line_batches
 from caracal_restore.profiles import Profile, SealedSpec
@@ -305,6 +306,36 @@ def verify_chain_hmacs(conn: Conn, table: str, key: bytes) -> SignatureResult:
                 zone, seq, ident = where.decode("utf-8", "backslashreplace").split("\t")
                 examples.append(f"{table} zone {zone} chain_seq {seq} (id {ident})")
     return SignatureResult(table, signed, verified, unsigned, tuple(examples), signed - verified)
+
+
+def chain_hmacs_as_verified(report: Report, key: bytes, rows: int) -> SignatureResult | None:
+    """``verify_chain_hmacs`` of ``report.table`` as the chain verification already made it.
+
+    The verifier recomputes the same HMAC over every row it reads (stored ``content_sha256`` and
+    ``prev_content_sha256``, NULL as ''; a NULL or empty ``chain_hmac`` is unsigned) and counts
+    the results per zone. They stand for this reading only when they cover exactly what it
+    would read: the report was made under ``key`` (its key check), its zones hold the table's
+    ``rows`` rows (counted by the caller), and each of them was recomputed or counted unsigned.
+    Returns None otherwise, and when any HMAC failed: the caller then reads the rows itself,
+    which also names the rows that fail.
+    """
+    if not report.hmac_checked or report.hmac_key_check != key_check(key):
+        return None
+    zones = report.zones.values()
+    signed = sum(z.hmac_checked for z in zones)
+    unsigned = sum(z.unsigned_rows for z in zones)
+    failed = sum(z.hmac_failed for z in zones)
+    if failed or not rows == sum(z.rows for z in zones) == signed + unsigned:
+        return None
+    return SignatureResult(report.table, signed, signed, unsigned, (), 0)
+
+
+def table_rows(conn: Conn, table: str) -> int:
+    """Rows of ``public.<table>`` (with its partitions)."""
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        sql.Identifier("public", table))).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def verify_audit_stream(client: Any, key: bytes) -> SignatureResult:

@@ -144,6 +144,9 @@ AUDIT_CHAINS = (
     ChainTable("RC-2.4.audit-events", "audit_events"),
     ChainTable("RC-2.4.admin-audit-events", "admin_audit_events"),
 )
+#: The table the audit chain verification (SY-2.a) reads: it recomputes every row's chain_hmac
+#: once per run, and RC-2.4 takes its counts when they cover the whole table under the same key.
+CHAIN_VERIFIED_TABLE = "audit_events"
 
 
 @dataclasses.dataclass(frozen=True)
