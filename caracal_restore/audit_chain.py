@@ -48,7 +48,7 @@ from caracal_restore.chainhash import (
     content_hash_parts,
     parse_hmac_key,
 )
-from caracal_restore.pgcopy import split_escaped
+from caracal_restore.pgcopy import copy_rows, split_escaped
 from caracal_restore.redact import REDACTOR
 
 #: Finding kinds, in report order.
@@ -889,8 +889,7 @@ def _copy_rows(conn: psycopg.Connection[Any], relation: str, zones: Collection[s
     """
     query, params = stream_query(relation, zones)
     conn.execute("SELECT set_config('client_encoding', 'UTF8', true)")
-    with conn.cursor() as cur, cur.copy(query, params or None) as copy:
-        return sink(copy)
+    return sink(itertools.chain.from_iterable(copy_rows(conn, query, params or None)))
 
 
 def leaf_partitions(conn: psycopg.Connection[Any], table: str = "audit_events"
