@@ -273,6 +273,61 @@ def test_embedded_object_store_reads_many_objects_over_one_connection() -> None:
     assert "s3" in backends.list_of_moto_modules()
 
 
+def test_embedded_object_store_answers_back_to_back_requests_in_order() -> None:
+    """Requests on one kept-alive connection are answered in order: sent together (pipelined),
+    one right after another (the worker that answered takes the next), after a pause longer
+    than the worker waits (the connection went back to cheroot's manager), and beside another
+    connection; each answer is its own object's."""
+    import http.client
+
+    with objectstore.embedded() as srv:
+        store = srv.bucket(f"b2b-{os.getpid()}-{time.monotonic_ns()}", create=True)
+        blobs = {f"k{i}": os.urandom(1000 + i) for i in range(6)}
+        for key, data in blobs.items():
+            assert store.put(key, data)
+        host, port = srv.endpoint_url.split("//", 1)[1].split(":")
+        path = f"/{store.bucket}"  # type: ignore[attr-defined]
+        # The embedded store accepts any credentials (moto's default): the answers, not the
+        # signature, are under test.
+        headers = {"Authorization": "AWS4-HMAC-SHA256 Credential=testing/20261125/us-east-1/"
+                                    "s3/aws4_request, SignedHeaders=host, Signature=0"}
+        one, other = (http.client.HTTPConnection(host, int(port), timeout=10) for _ in range(2))
+        try:
+            def get(conn: http.client.HTTPConnection, key: str) -> bytes:
+                conn.request("GET", f"{path}/{key}", headers=headers)
+                answer = conn.getresponse()
+                assert answer.status == 200, key
+                return answer.read()
+
+            assert get(one, "k0") == blobs["k0"]
+            assert get(one, "k1") == blobs["k1"]
+            assert get(other, "k2") == blobs["k2"]
+            time.sleep(objectstore._NEXT_REQUEST_WAIT * 20)
+            assert get(one, "k3") == blobs["k3"]
+            assert get(other, "k4") == blobs["k4"]
+            one.close()
+        finally:
+            other.close()
+        # Pipelined: both requests in one write, the answers in order on the same connection.
+        import socket
+
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            auth = headers["Authorization"]
+            raw.sendall(b"".join(
+                f"GET {path}/{key} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {auth}"
+                f"\r\n\r\n".encode() for key in ("k5", "k0")))
+            reader = raw.makefile("rb")
+            for key in ("k5", "k0"):
+                assert reader.readline().split(b" ", 2)[1] == b"200"
+                length = None
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                assert length is not None
+                assert reader.read(length) == blobs[key]
+
+
 PLAIN_MOTO_PROBE = """
 import boto3, json
 from moto import mock_aws
