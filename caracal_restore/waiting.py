@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -44,3 +45,15 @@ def until(
                 f"last observation: {last!r}"
             )
         time.sleep(interval)
+
+
+def ready(fd: int, *, write: bool = False, timeout: float | None = None) -> bool:
+    """Wait until the file descriptor ``fd`` can be read (or written), at most ``timeout``
+    seconds (None: as long as it takes); True when it can. ``poll(2)`` where there is one, so
+    any descriptor number works (``select(2)`` refuses those above 1023)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0, round(timeout * 1000))))
+    waiting = ([], [fd]) if write else ([fd], [])
+    return any(select.select(*waiting, [], timeout)[:2])

@@ -91,3 +91,33 @@ def test_early_stop_drains_inside_a_transaction(conn: psycopg.Connection[Any]) -
         reading.close()
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (ROWS,)
+
+
+def test_ready_waits_for_a_descriptor_of_any_number() -> None:
+    """``waiting.ready``: False when nothing comes within the timeout, True once data is there
+    or the socket can be written — also for a descriptor above select(2)'s 1023."""
+    import os
+    import socket
+
+    from caracal_restore.waiting import ready
+
+    left, right = socket.socketpair()
+    high = 1500
+    try:
+        try:
+            os.dup2(left.fileno(), high)
+        except OSError as exc:
+            pytest.skip(f"no descriptor {high} here ({exc}): the open-files limit is lower")
+        try:
+            for fd in (left.fileno(), high):
+                assert not ready(fd, timeout=0.01)
+                assert ready(fd, write=True, timeout=0.01)
+            right.sendall(b"x")
+            for fd in (left.fileno(), high):
+                assert ready(fd, timeout=1)
+                assert ready(fd)
+        finally:
+            os.close(high)
+    finally:
+        left.close()
+        right.close()

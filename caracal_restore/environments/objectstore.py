@@ -15,7 +15,6 @@ import math
 import os
 import re
 import secrets
-import select
 import shutil
 import string
 import tempfile
@@ -28,7 +27,7 @@ from caracal_restore.environments.base import LOOPBACK, free_port, is_loopback, 
 from caracal_restore.environments.s3get import ObjectGetter
 from caracal_restore.errors import EnvironmentNotReady, NotIsolated
 from caracal_restore.redact import REDACTOR
-from caracal_restore.waiting import until
+from caracal_restore.waiting import ready, until
 
 PROVIDERS = ("embedded", "docker", "external", "dir")
 
@@ -663,8 +662,8 @@ def _back_to_back(connection_class: Any) -> Any:
         def communicate(self) -> bool:
             while True:
                 keep_open: bool = super().communicate()
-                if not keep_open or not (self.rfile.has_data() or select.select(
-                        [self.socket], [], [], _NEXT_REQUEST_WAIT)[0]):
+                if not keep_open or not (self.rfile.has_data() or ready(
+                        self.socket.fileno(), timeout=_NEXT_REQUEST_WAIT)):
                     return keep_open
 
     return BackToBack
