@@ -39,10 +39,9 @@ def copy_rows(conn: psycopg.Connection[Any], query: Query,
     statement = psycopg.ClientCursor(conn).mogrify(query, params)
     pgconn = conn.pgconn
     pgconn.send_query(statement.encode(conn.info.encoding))
-    while pgconn.flush():  # a non-blocking connection sends what its buffer holds
-        ready(pgconn.socket, write=True)
+    _flush(pgconn)
     _expect(conn, _result(pgconn), pq.ExecStatus.COPY_OUT)
-    get, socket = pgconn.get_copy_data, pgconn.socket
+    get = pgconn.get_copy_data
     done = False
     try:
         rows: list[bytes] = []
@@ -56,9 +55,8 @@ def copy_rows(conn: psycopg.Connection[Any], query: Query,
                     _check_last(rows)
                     yield rows
                     rows, room = [], BATCH
-            elif size == 0:  # wait for the server here, where a signal can interrupt
-                ready(socket)
-                pgconn.consume_input()
+            elif size == 0:  # nothing held yet (once per network read, not per row)
+                _receive(pgconn)
             else:  # -1: the end; -2: an error (raised by _finish)
                 done = True
                 break
@@ -69,16 +67,27 @@ def copy_rows(conn: psycopg.Connection[Any], query: Query,
         if not done:  # the caller stopped early, or raised: read the rest
             while (size := get(1)[0]) >= 0:
                 if size == 0:
-                    ready(socket)
-                    pgconn.consume_input()
+                    _receive(pgconn)
         _finish(conn)
 
 
+def _flush(pgconn: Any) -> None:
+    """Send what libpq holds (a non-blocking connection may keep part of a statement)."""
+    while pgconn.flush():
+        ready(pgconn.socket, write=True)
+
+
+def _receive(pgconn: Any) -> None:
+    """Wait for the server's next bytes here, where a signal can interrupt the wait (not in
+    libpq), and hand them to libpq."""
+    ready(pgconn.socket)
+    pgconn.consume_input()
+
+
 def _result(pgconn: Any) -> Any:
-    """``PQgetResult``, its wait done here (where a signal can interrupt it), not in libpq."""
+    """``PQgetResult``, its waits done by ``_receive``."""
     while pgconn.is_busy():
-        ready(pgconn.socket)
-        pgconn.consume_input()
+        _receive(pgconn)
     return pgconn.get_result()
 
 
@@ -95,8 +104,7 @@ def _expect(conn: psycopg.Connection[Any], result: Any, status: pq.ExecStatus) -
         return
     if result is not None and result.status == pq.ExecStatus.COPY_IN:
         conn.pgconn.put_copy_end(b"not read: only COPY ... TO STDOUT is")  # the server aborts
-        while conn.pgconn.flush():
-            ready(conn.pgconn.socket, write=True)
+        _flush(conn.pgconn)
     elif result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
         _finish(conn)
         raise _error(conn, result)
