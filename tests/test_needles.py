@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from caracal_restore.inspect.needles import PREFIX, NeedleFinder
+from caracal_restore.inspect.assets import MIN_NEEDLE
+from caracal_restore.inspect.needles import MIN_LENGTH, WORD, NeedleFinder
 
 
 def _each(needles: list[bytes], data: bytes) -> set[bytes]:
@@ -15,9 +16,11 @@ def _each(needles: list[bytes], data: bytes) -> set[bytes]:
 
 def test_finds_what_a_search_for_each_needle_finds() -> None:
     rng = random.Random(7)
-    needles = [rng.randbytes(rng.randrange(PREFIX, 70)) for _ in range(60)]
-    # Needles sharing their first 8 bytes, and hex text like the dumps'.
-    needles += [needles[0][:PREFIX] + b"-other-continuation", b"0123456789abcdef" * 2]
+    needles = [rng.randbytes(rng.randrange(MIN_LENGTH, 70)) for _ in range(60)]
+    # Needles sharing their first word, a needle inside another, a periodic one (its inner
+    # words repeat), and hex text like the dumps'.
+    needles += [needles[0][:WORD] + b"-other-continuation", needles[1][3:3 + MIN_LENGTH],
+                b"abc" * 9, b"0123456789abcdef" * 2]
     for trial in range(40):
         data = bytearray(rng.randbytes(rng.randrange(0, 5000)))
         if trial % 3 == 0:
@@ -32,16 +35,20 @@ def test_finds_what_a_search_for_each_needle_finds() -> None:
         assert NeedleFinder(needles).present(blob) == _each(needles, blob)
 
 
-def test_every_position_modulo_the_word_size() -> None:
-    needle = b"secret-needle-0123"
+@pytest.mark.parametrize("needle", [b"secret-needle-0123", b"shortest-needle"],
+                         ids=["18 bytes", "the shortest allowed"])
+def test_every_position_modulo_the_word_size(needle: bytes) -> None:
     finder = NeedleFinder([needle])
-    for at in range(3 * PREFIX):
+    for at in range(3 * WORD):
         data = b"x" * at + needle + b"y" * (at % 5)
         assert finder.present(data) == {needle}, at
         assert finder.present(data[:-1 - at % 5]) == set(), at  # cut short: not there
+        assert finder.present(data[at + 1:]) == set(), at  # its first byte cut off
 
 
 def test_short_needles_are_refused_and_no_needles_find_nothing() -> None:
-    with pytest.raises(ValueError, match="at least 8 bytes"):
-        NeedleFinder([b"short"])
+    assert len(b"shortest-needle") == MIN_LENGTH <= MIN_NEEDLE  # the scan's forms all qualify
+    with pytest.raises(ValueError, match=f"at least {MIN_LENGTH} bytes"):
+        NeedleFinder([b"fourteen-bytes"])
     assert NeedleFinder([]).present(b"anything at all") == set()
+    assert NeedleFinder([b"shortest-needle"]).present(b"seven!!") == set()
