@@ -249,6 +249,41 @@ def test_embedded_object_store_hands_large_answers_on_in_slices() -> None:
     assert closed == [True]
 
 
+def test_embedded_object_store_reads_large_bodies_at_once() -> None:
+    """A large PutObject body reaches moto whole and unchanged (its ETag is its MD5), kept in
+    memory; the connection goes on serving; a body that ends before its Content-Length is
+    refused (400 IncompleteBody) and stores nothing."""
+    import hashlib
+    import socket
+
+    from moto.s3.models import s3_backends
+
+    with objectstore.embedded() as srv:
+        store = srv.bucket(f"whole-{os.getpid()}-{time.monotonic_ns()}", create=True)
+        big = os.urandom(objectstore._WHOLE_BODY * 6 + 13)
+        assert store.put("big", big)
+        assert store.put("small", b"x" * 100)
+        assert store.get("big") == big
+        bucket = store.bucket  # type: ignore[attr-defined]
+        etag = store.client.head_object(Bucket=bucket, Key="big")["ETag"]  # type: ignore[attr-defined]
+        assert etag.strip('"') == hashlib.md5(big).hexdigest()
+        key = s3_backends["123456789012"]["aws"].buckets[bucket].keys["big"]
+        assert not key._value_buffer._rolled  # in memory, not in a temporary file
+
+        host, port = srv.endpoint_url.split("//", 1)[1].split(":")
+        auth = ("AWS4-HMAC-SHA256 Credential=testing/20261125/us-east-1/s3/aws4_request, "
+                "SignedHeaders=host, Signature=0")
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(f"PUT /{bucket}/cut HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                        f"Authorization: {auth}\r\nContent-Length: {len(big)}\r\n\r\n"
+                        .encode() + big[:-1])
+            raw.shutdown(socket.SHUT_WR)
+            answer = raw.makefile("rb").read()
+        assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+        assert b"<Code>IncompleteBody</Code>" in answer
+        assert [i.key for i in store.list("")] == ["big", "small"]
+
+
 def test_embedded_object_store_reads_many_objects_over_one_connection() -> None:
     """get_many answers what boto3's GetObject answers, key by key, and a key that is gone
     yields its error (NoSuchKey) without stopping the others."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import math
 import os
 import re
@@ -457,6 +458,26 @@ def route_requests_without_rescanning_moto() -> None:
     backends.list_of_moto_modules = listed_once
 
 
+def keep_objects_in_memory() -> None:
+    """Make the in-process moto keep every object's bytes in memory, not only the small ones.
+
+    moto writes an object's bytes to a ``SpooledTemporaryFile`` that moves to a file on disk
+    once it holds more than ~5 MB: a bundle's PutObject (221 MB at 1 000 000 audit events) spent
+    a quarter of its time writing that file, and each GetObject reads it back whole. The
+    archive's hourly objects are far smaller and were in memory already; the bundle is now too
+    (the process holds it once more while a GetObject answers, as before). Only where the bytes
+    sit changes.
+    """
+    from moto.s3 import models
+
+    models.get_s3_default_key_buffer_size = _in_memory_buffer_size  # type: ignore[attr-defined]
+
+
+def _in_memory_buffer_size() -> int:
+    """moto's spill size for an object's bytes (``keep_objects_in_memory``): never reached."""
+    return 1 << 62
+
+
 def list_versions_without_copying_data() -> None:
     """Make the in-process moto list object versions without copying every object's data.
 
@@ -669,6 +690,54 @@ def _back_to_back(connection_class: Any) -> Any:
     return BackToBack
 
 
+#: Request bodies at least this long are read at once, into one buffer (``_bodies_at_once``).
+_WHOLE_BODY = 1 << 20
+
+_INCOMPLETE_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>IncompleteBody</Code><Message>You did'
+    b' not provide the number of bytes specified by the Content-Length HTTP header</Message>'
+    b"</Error>")
+
+
+def _bodies_at_once(app: Any) -> Any:
+    """A WSGI application that reads a large request body into one buffer before ``app`` runs.
+
+    moto reads a body through Werkzeug 64 KB at a time, and each piece goes through cheroot's
+    pure-Python buffered reader, which allocates and copies it several times: a third of the CPU
+    of a bundle's PutObject (221 MB at 1 000 000 audit events). Here a body of a known length is
+    read from the connection straight into one buffer (``readinto``), cheroot's count of the
+    body's remaining bytes is kept, and ``app`` reads the same bytes from memory. A body that
+    ends before its Content-Length is refused as S3 refuses it (400 IncompleteBody), never
+    handed on shortened.
+    """
+    def whole(environ: dict[str, Any], start_response: Any) -> Any:
+        stream = environ.get("wsgi.input")
+        reader = getattr(stream, "rfile", None)
+        length = environ.get("CONTENT_LENGTH") or ""
+        if not (length.isdigit() and int(length) >= _WHOLE_BODY and reader is not None
+                and getattr(stream, "remaining", None) == int(length)
+                and hasattr(reader, "readinto")):
+            return app(environ, start_response)
+        body = bytearray(int(length))
+        view = memoryview(body)
+        got = 0
+        while got < len(body):
+            n = reader.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        stream.remaining -= got  # type: ignore[union-attr]
+        if got < len(body):
+            start_response("400 Bad Request", [("Content-Type", "application/xml"),
+                                               ("Connection", "close")])
+            return [_INCOMPLETE_BODY]
+        environ["wsgi.input"] = io.BytesIO(bytes(body))
+        environ["wsgi.input_terminated"] = True
+        return app(environ, start_response)
+
+    return whole
+
+
 #: Largest piece of an answer handed to cheroot at once (see ``_in_slices``).
 _SLICE = 1 << 20
 
@@ -713,14 +782,15 @@ def embedded() -> Iterator[ObjectStoreServer]:
     list_versions_without_copying_data()
     list_versions_without_model_serializer()
     route_requests_without_rescanning_moto()
+    keep_objects_in_memory()
     # moto's app behind cheroot, not behind moto's ThreadedMotoServer: Werkzeug's development
     # server closes the connection after every answer and starts a thread per connection, so
     # each of an archive's 10 000 GetObject calls paid a TCP connect and a thread. cheroot
     # keeps HTTP/1.1 connections alive and answers from a pool of threads (~0.35 ms less CPU
     # per GetObject). Requests reach the same moto application either way.
     server = wsgi.Server((LOOPBACK, free_port()),
-                         _in_slices(_plain_gets_answered_directly(
-                             DomainDispatcherApplication(create_backend_app))),
+                         _bodies_at_once(_in_slices(_plain_gets_answered_directly(
+                             DomainDispatcherApplication(create_backend_app)))),
                          numthreads=8, server_name="caracal-restore-embedded-s3")
     server.ConnectionClass = _back_to_back(server.ConnectionClass)
     server.prepare()  # bound and listening before the block, or it raises here
