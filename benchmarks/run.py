@@ -77,6 +77,36 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _meminfo_bytes(field: str) -> int:
+    """A /proc/meminfo field in bytes (0 where there is none)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
+def settle(*servers: Any) -> dict[str, float]:
+    """Let the writes of what ran before reach the disk before a measured run (not timed).
+
+    A run leaves up to ~2 GB of dirty pages behind (a restore's data and WAL, a dump); the
+    kernel writes them back ~30 s after they were dirtied (``vm.dirty_expire_centisecs``): in the
+    middle of the next measured run, which then pays for its predecessor's writes (the suite
+    after raw, raw after the suite). Each measured run starts from the same state instead: a
+    CHECKPOINT on each server, then sync(2). Returns the seconds it took and what was dirty."""
+    dirty = _meminfo_bytes("Dirty") + _meminfo_bytes("Writeback")
+    started = time.perf_counter()
+    for server in servers:
+        with server.connect() as conn:
+            conn.execute("CHECKPOINT")
+    os.sync()
+    return {"settle_s": round(time.perf_counter() - started, 2),
+            "dirty_mb_before": round(dirty / 2**20)}
+
+
 # --------------------------------------------------------------------------- one size
 
 
@@ -395,11 +425,13 @@ def one_size(args: argparse.Namespace, events: int) -> dict[str, Any]:
                 # The suite first: a run backs its source up right after generating it, and
                 # some checks compare times (backup age, sweeper intervals) with generation.
                 if events in args.suite_events:
-                    out["suite"], out["raw"] = [], []
+                    out["suite"], out["raw"], out["settle"] = [], [], []
                     for _ in range(args.suite_repeat):
+                        out["settle"].append(settle(source.pg, stack.pg))
                         out["suite"].append(whole_suite(source, stack, events, work, args.xdist))
                         log("  raw pg_dump -Fc + pg_restore")
                         SAMPLER.phase = "raw dump and restore (this process waits)"
+                        out["settle"].append(settle(source.pg, stack.pg))
                         out["raw"].append(raw_dump_restore(source.pg, stack.pg, work))
                         log(f"  raw: {out['raw'][-1]['total_s']:.1f} s "
                             f"(dump {out['raw'][-1]['dump_s']:.1f} s)")
