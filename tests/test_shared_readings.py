@@ -310,11 +310,40 @@ def test_archive_readers_are_grouped_only_in_a_run_of_the_checks(args: list[str]
     """The suite's own tests keep xdist's scheduling (their modules share costly fixtures)."""
     from types import SimpleNamespace
 
-    from fixtures.shared import _runs_checks
+    from fixtures.shared import runs_checks
 
     config = SimpleNamespace(rootpath=REPO, args=args,
                              invocation_params=SimpleNamespace(dir=REPO))
-    assert _runs_checks(config) is expected  # type: ignore[arg-type]
+    assert runs_checks(config) is expected  # type: ignore[arg-type]
+
+
+FEWER_COLLECTIONS = """
+import gc, json
+from fixtures.shared import GC_YOUNG_THRESHOLD, fewer_collections
+before = (gc.get_threshold(), gc.get_freeze_count())
+kept = [[i] for i in range(1000)]  # long-lived, made before: set aside
+fewer_collections()
+cycle = []
+cycle.append(cycle)
+del cycle
+print(json.dumps({"before": before, "after": [gc.get_threshold(), gc.get_freeze_count()],
+                  "young": GC_YOUNG_THRESHOLD, "collected": gc.collect()}))
+"""
+
+
+def test_a_check_process_collects_less_often() -> None:
+    """``fewer_collections`` (a run of the checks) sets aside what exists and raises the youngest
+    generation's threshold; garbage made afterwards is still collected. In a fresh process:
+    the test process's own collector is left as it is."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", FEWER_COLLECTIONS], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    seen = json.loads(out)
+    assert seen["before"][0][0] < seen["young"]  # CPython's default: 700
+    assert seen["after"][0] == [seen["young"], *seen["before"][0][1:]]
+    assert seen["after"][1] >= seen["before"][1] + 1000
+    assert seen["collected"] >= 1  # the cycle made afterwards
 
 
 def _saved_reading(folder: Path, bucket: str) -> ArchiveIndex:
