@@ -302,6 +302,11 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
         )
 
+    # The controller of `pytest checks` builds the run after its pytest_configure, which sets
+    # its collector as every process of a run of the checks has it (``collect_less_often``).
+    from caracal_restore.environments.base import collect_less_often
+
+    collect_less_often()
     with contextlib.ExitStack() as patched:
         for p in patches:
             patched.enter_context(p)

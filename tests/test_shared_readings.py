@@ -319,10 +319,10 @@ def test_archive_readers_are_grouped_only_in_a_run_of_the_checks(args: list[str]
 
 FEWER_COLLECTIONS = """
 import gc, json
-from fixtures.shared import GC_YOUNG_THRESHOLD, fewer_collections
+from caracal_restore.environments.base import GC_YOUNG_THRESHOLD, collect_less_often
 before = (gc.get_threshold(), gc.get_freeze_count())
 kept = [[i] for i in range(1000)]  # long-lived, made before: set aside
-fewer_collections()
+collect_less_often()
 cycle = []
 cycle.append(cycle)
 del cycle
@@ -332,7 +332,7 @@ print(json.dumps({"before": before, "after": [gc.get_threshold(), gc.get_freeze_
 
 
 def test_a_check_process_collects_less_often() -> None:
-    """``fewer_collections`` (a run of the checks) sets aside what exists and raises the youngest
+    """``collect_less_often`` (a run of the checks) sets aside what exists and raises the youngest
     generation's threshold; garbage made afterwards is still collected. In a fresh process:
     the test process's own collector is left as it is."""
     import subprocess

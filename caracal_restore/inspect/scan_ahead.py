@@ -32,6 +32,7 @@ from typing import Any
 
 from caracal_restore.environments.base import (
     background_policy,
+    collect_less_often,
     process_running,
     run_in_background,
     stop_process,
@@ -120,6 +121,7 @@ def load(folder: Path | None, root: Path, secrets: Mapping[str, str], *,
 def main() -> int:
     """Child process: search the bundle named on stdin, write the record."""
     run_in_background()
+    collect_less_often()
     job: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     secrets: dict[str, str] = job["secrets"]
     pg_restore = Path(job["pg_restore"]) if job["pg_restore"] else None

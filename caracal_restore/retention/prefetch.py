@@ -30,6 +30,7 @@ from typing import Any
 
 from caracal_restore.environments.base import (
     background_policy,
+    collect_less_often,
     process_running,
     run_in_background,
     stop_process,
@@ -112,6 +113,7 @@ def _record(folder: Path, bucket: str) -> dict[str, Any] | None:
 def main() -> int:
     """Child process: read the bucket named in the environment, save its index."""
     run_in_background()
+    collect_less_often()
     from caracal_restore.parquet_export import save_rows
     from caracal_restore.retention.exports import read_index_rows
 
