@@ -731,7 +731,9 @@ def _bodies_at_once(app: Any) -> Any:
             start_response("400 Bad Request", [("Content-Type", "application/xml"),
                                                ("Connection", "close")])
             return [_INCOMPLETE_BODY]
-        environ["wsgi.input"] = io.BytesIO(bytes(body))
+        data = bytes(body)
+        del view, body  # one copy of the body held while moto stores its own, not two
+        environ["wsgi.input"] = io.BytesIO(data)
         environ["wsgi.input_terminated"] = True
         return app(environ, start_response)
 

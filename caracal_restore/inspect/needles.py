@@ -13,8 +13,9 @@ the same way, and only the words that hit the table are compared, as a needle's 
 offset j, with the needle placed j bytes before. No occurrence is missed, and a hit of an
 unrelated word (1 in ~1 000 words) only costs a dictionary lookup.
 
-Measured on the SQL text of a 1 000 000-event dump: 0.6 ns per byte, against 4.2 ns for the
-same table read at all eight offsets with the needles' first words only.
+Measured on the SQL text of a 1 000 000-event dump in 4 MB chunks: 0.6 ns per byte in memory
+(1.5 ns with the file read and the chunks' overlap), against 4.2 ns for the same table read at
+all eight offsets with the needles' first words only.
 """
 
 from __future__ import annotations
