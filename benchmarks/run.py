@@ -77,18 +77,6 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _meminfo_bytes(field: str) -> int:
-    """A /proc/meminfo field in bytes (0 where there is none)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0
-    return 0
-
-
 def settle(*servers: Any) -> dict[str, float]:
     """Let the writes of what ran before reach the disk before a measured run (not timed).
 
@@ -97,7 +85,9 @@ def settle(*servers: Any) -> dict[str, float]:
     middle of the next measured run, which then pays for its predecessor's writes (the suite
     after raw, raw after the suite). Each measured run starts from the same state instead: a
     CHECKPOINT on each server, then sync(2). Returns the seconds it took and what was dirty."""
-    dirty = _meminfo_bytes("Dirty") + _meminfo_bytes("Writeback")
+    from caracal_restore.environments.base import meminfo_bytes
+
+    dirty = (meminfo_bytes("Dirty") or 0) + (meminfo_bytes("Writeback") or 0)
     started = time.perf_counter()
     for server in servers:
         with server.connect() as conn:

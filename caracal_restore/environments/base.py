@@ -232,6 +232,19 @@ def run_in_background() -> None:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
+def meminfo_bytes(field: str) -> int | None:
+    """A field of /proc/meminfo (``MemAvailable``, ``Dirty`` …) in bytes (None where there is
+    none)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 #: Net allocations between two collections of the cyclic GC's youngest generation in the
 #: suite's own long-running processes (``collect_less_often``; CPython's default is 700).
 GC_YOUNG_THRESHOLD = 50_000
