@@ -260,7 +260,9 @@ def collect_less_often() -> None:
     before the next) beside a few large long-lived ones (the archive index: a million row
     tuples). With CPython's defaults the collector took ~1 s of each check worker's CPU in a
     1 000 000-event run, much of it going over the same long-lived objects again. Garbage is
-    still collected, only less often; nothing set aside is garbage before the process ends.
+    still collected, only less often. Cyclic garbage that exists when this is called is set
+    aside too, never freed: call it where there is little (at start-up, right after a reading
+    that lives as long as the process), or collect first.
     """
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
