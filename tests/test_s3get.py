@@ -3,9 +3,11 @@ its version listing equals boto3's on the embedded object store."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
+from typing import Any
 
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -157,3 +159,176 @@ def test_url_encoded_listing_is_decoded_and_followed() -> None:
     assert asked[0]["encoding-type"] == ["url"]
     assert asked[1]["key-marker"] == ["audit/a b+c%"]
     assert asked[1]["version-id-marker"] == ["v+1"]
+
+
+class _Scripted:
+    """A loopback HTTP server that answers each GET as ``answer(connection, n, path)`` says:
+    the bytes to send, or None to close the connection there without answering. It records
+    how many requests each connection had sent when its first answer was written."""
+
+    def __init__(self, answer: Any, *, first_delay: float = 0.0) -> None:
+        import socket
+        import threading
+
+        self.answer = answer
+        self.first_delay = first_delay
+        self.ahead: list[int] = []
+        self.paths: list[list[str]] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        connection = 0
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            with sock:
+                self._one(sock, connection)
+            connection += 1
+
+    def _one(self, sock: Any, connection: int) -> None:
+        buf = b""
+        paths: list[str] = []
+        self.paths.append(paths)
+        answered = 0
+        while True:
+            while b"\r\n\r\n" not in buf:
+                if answered == 0 and self.first_delay and paths:
+                    break
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            if b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                paths.append(head.split(b" ")[1].decode())
+                if answered == 0 and self.first_delay:
+                    time.sleep(self.first_delay)
+                    sock.settimeout(0.05)
+                    try:
+                        while data := sock.recv(65536):
+                            buf += data
+                    except OSError:
+                        pass
+                    sock.settimeout(None)
+                    self.ahead.append(1 + buf.count(b"\r\n\r\n"))
+            reply = self.answer(connection, answered, paths[answered])
+            if reply is None:  # an orderly close: the answers sent are not reset away
+                self._drain(sock)
+                return
+            try:
+                sock.sendall(reply)
+            except OSError:
+                return
+            answered += 1
+            if b"Connection: close" in reply or b"\r\n\r\n" not in reply:  # ends here
+                self._drain(sock)
+                return
+
+    @staticmethod
+    def _drain(sock: Any) -> None:
+        import socket
+
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5)
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+    def getter(self, **kw: Any) -> ObjectGetter:
+        return ObjectGetter(f"http://127.0.0.1:{self.port}", "b", access_key="a",
+                            secret_key="s", timeout=10, **kw)
+
+
+def _ok(body: bytes, *extra: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in extra)
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
+
+
+def test_get_many_pipelines_and_reads_every_form_of_answer() -> None:
+    """Up to ``window`` requests are on their way before the first answer is read; answers
+    with a length, in chunks (an extension, a trailer), after an interim 100, and an S3 error
+    each come back as their key's, in order."""
+    def answer(_c: int, _n: int, path: str) -> bytes:
+        key = path.rsplit("/", 1)[1]
+        body = f"object {key} ".encode() * 50
+        if key.endswith("3"):
+            half = len(body) // 2
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + f"{half:x};ext=1\r\n".encode() + body[:half] + b"\r\n"
+                    + f"{len(body) - half:X}\r\n".encode() + body[half:] + b"\r\n"
+                    + b"0\r\nx-trailer: y\r\n\r\n")
+        if key.endswith("5"):
+            return b"HTTP/1.1 100 Continue\r\n\r\n" + _ok(body, "ETag: \"e\"")
+        if key.endswith("7"):
+            error = b"<Error><Code>NoSuchKey</Code></Error>"
+            return (f"HTTP/1.1 404 Not Found\r\nContent-Length: {len(error)}\r\n\r\n".encode()
+                    + error)
+        return _ok(body)
+
+    server = _Scripted(answer, first_delay=0.3)
+    try:
+        keys = [f"audit/k{i}" for i in range(20)]
+        got = list(server.getter(window=8).get_many(keys))
+    finally:
+        server.close()
+    assert [k for k, _ in got] == keys
+    for key, value in got:
+        if key.endswith("7"):
+            assert isinstance(value, OSError)
+            assert "HTTP 404 NoSuchKey" in str(value)
+        else:
+            assert value == f"object {key.rsplit('/', 1)[1]} ".encode() * 50, key
+    assert server.ahead == [8]  # eight requests sent before the first answer
+    assert len(server.paths) == 1  # one connection
+
+
+def test_get_many_sends_unanswered_requests_again_on_a_new_connection() -> None:
+    """A connection dropped with requests unanswered, and one closed by an answer
+    (``Connection: close``): the requests not answered go again on a new connection, and
+    every key comes back once, in order."""
+    def answer(c: int, n: int, path: str) -> bytes | None:
+        if c == 0 and n == 3:
+            return None  # dropped with requests pending
+        close = ("Connection: close",) if c == 1 and n == 1 else ()
+        return _ok(path.encode(), *close)
+
+    server = _Scripted(answer)
+    try:
+        keys = [f"k{i}" for i in range(12)]
+        got = list(server.getter(window=4).get_many(keys))
+    finally:
+        server.close()
+    assert got == [(k, f"/b/{k}".encode()) for k in keys]
+    assert len(server.paths) == 3
+    assert server.paths[1][0] == "/b/k3"  # the first unanswered request, sent again
+    assert server.paths[2][0] == "/b/k5"
+
+
+@pytest.mark.parametrize("reply", [None, b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-L"])
+def test_get_many_raises_when_the_new_connection_fails_too(reply: bytes | None) -> None:
+    """A server that drops the connection, or answers what is not HTTP, on the new connection
+    too: get_many raises (a ConnectionError) instead of yielding anything."""
+    from caracal_restore.environments.s3get import ProtocolError
+
+    server = _Scripted(lambda _c, _n, _p: reply)
+    try:
+        with pytest.raises(ProtocolError):
+            list(server.getter().get_many(["a", "b"]))
+    finally:
+        server.close()
+    assert len(server.paths) == 2

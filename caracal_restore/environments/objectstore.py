@@ -69,6 +69,12 @@ class ObjectStore(Protocol):
     substrate: str
     bucket: str
 
+    @property
+    def reads_ahead(self) -> bool:
+        """True when ``get_many`` already has the next objects on their way while the caller
+        parses one (pipelined GETs): a reader needs no thread of its own fetching ahead."""
+        ...
+
     def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> bool: ...
     def get(self, key: str) -> bytes: ...
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | OSError]]: ...
@@ -125,6 +131,12 @@ class S3Store:
 
     def __repr__(self) -> str:
         return f"S3Store({self.provider}, {self.endpoint_url or 'aws'}, bucket={self.bucket})"
+
+    @property
+    def reads_ahead(self) -> bool:
+        """``get_many`` pipelines its GETs (``s3get``) at an explicit endpoint with static
+        credentials; through boto3 it reads one object at a time."""
+        return bool(self.endpoint_url and self._static_credentials)
 
     def create_bucket(
         self,
@@ -189,10 +201,10 @@ class S3Store:
         """``(key, bytes)`` per key, in order; a key that cannot be read yields its error.
 
         At an explicit endpoint with static credentials the GETs share one kept-alive
-        connection (``s3get``); otherwise each goes through boto3.
+        connection, pipelined (``s3get``); otherwise each goes through boto3.
         """
         getter = self._direct()
-        if getter is not None:
+        if getter is not None:  # pipelined: see reads_ahead
             yield from getter.get_many(keys)
             return
         from botocore.exceptions import BotoCoreError, ClientError
@@ -310,6 +322,7 @@ class DirStore:
 
     provider = "dir"
     substrate = "directory"
+    reads_ahead = False
 
     def __init__(self, root: Path, bucket: str = "archive") -> None:
         self.root = root
