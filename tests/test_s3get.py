@@ -225,7 +225,8 @@ class _Scripted:
             except OSError:
                 return
             answered += 1
-            if b"Connection: close" in reply or b"\r\n\r\n" not in reply:  # ends here
+            if (b"Connection: close" in reply or b"\r\n\r\n" not in reply
+                    or reply.startswith(b"HTTP/1.0")):  # the connection ends here
                 self._drain(sock)
                 return
 
@@ -332,3 +333,21 @@ def test_get_many_raises_when_the_new_connection_fails_too(reply: bytes | None) 
     finally:
         server.close()
     assert len(server.paths) == 2
+
+
+def test_get_many_reads_an_answer_without_a_length_to_the_end_of_its_connection() -> None:
+    """An HTTP/1.0 answer without Content-Length ends with its connection: its body is all
+    that came, and the requests not answered go again on a new connection."""
+    def answer(c: int, n: int, path: str) -> bytes:
+        if c == 0 and n == 1:
+            return b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + path.encode() * 3
+        return _ok(path.encode())
+
+    server = _Scripted(answer)
+    try:
+        keys = [f"k{i}" for i in range(5)]
+        got = list(server.getter(window=3).get_many(keys))
+    finally:
+        server.close()
+    assert got == [(k, f"/b/{k}".encode() * (3 if k == "k1" else 1)) for k in keys]
+    assert [p[0] for p in server.paths] == ["/b/k0", "/b/k2"]
