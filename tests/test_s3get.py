@@ -255,6 +255,16 @@ class _Scripted:
                             secret_key="s", timeout=10, **kw)
 
 
+def _fetch_all(answer: Any, keys: list[str], *, window: int = 8, first_delay: float = 0.0
+               ) -> tuple[_Scripted, list[tuple[str, Any]]]:
+    """Every key through ``get_many`` from a scripted server (closed after), and the server."""
+    server = _Scripted(answer, first_delay=first_delay)
+    try:
+        return server, list(server.getter(window=window).get_many(keys))
+    finally:
+        server.close()
+
+
 def _ok(body: bytes, *extra: str) -> bytes:
     head = "".join(f"{h}\r\n" for h in extra)
     return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
@@ -281,12 +291,8 @@ def test_get_many_pipelines_and_reads_every_form_of_answer() -> None:
                     + error)
         return _ok(body)
 
-    server = _Scripted(answer, first_delay=0.3)
-    try:
-        keys = [f"audit/k{i}" for i in range(20)]
-        got = list(server.getter(window=8).get_many(keys))
-    finally:
-        server.close()
+    keys = [f"audit/k{i}" for i in range(20)]
+    server, got = _fetch_all(answer, keys, window=8, first_delay=0.3)
     assert [k for k, _ in got] == keys
     for key, value in got:
         if key.endswith("7"):
@@ -308,12 +314,8 @@ def test_get_many_sends_unanswered_requests_again_on_a_new_connection() -> None:
         close = ("Connection: close",) if c == 1 and n == 1 else ()
         return _ok(path.encode(), *close)
 
-    server = _Scripted(answer)
-    try:
-        keys = [f"k{i}" for i in range(12)]
-        got = list(server.getter(window=4).get_many(keys))
-    finally:
-        server.close()
+    keys = [f"k{i}" for i in range(12)]
+    server, got = _fetch_all(answer, keys, window=4)
     assert got == [(k, f"/b/{k}".encode()) for k in keys]
     assert len(server.paths) == 3
     assert server.paths[1][0] == "/b/k3"  # the first unanswered request, sent again
@@ -343,11 +345,7 @@ def test_get_many_reads_an_answer_without_a_length_to_the_end_of_its_connection(
             return b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + path.encode() * 3
         return _ok(path.encode())
 
-    server = _Scripted(answer)
-    try:
-        keys = [f"k{i}" for i in range(5)]
-        got = list(server.getter(window=3).get_many(keys))
-    finally:
-        server.close()
+    keys = [f"k{i}" for i in range(5)]
+    server, got = _fetch_all(answer, keys, window=3)
     assert got == [(k, f"/b/{k}".encode() * (3 if k == "k1" else 1)) for k in keys]
     assert [p[0] for p in server.paths] == ["/b/k0", "/b/k2"]
