@@ -134,9 +134,9 @@ class S3Store:
 
     @property
     def reads_ahead(self) -> bool:
-        """``get_many`` pipelines its GETs (``s3get``) at an explicit endpoint with static
-        credentials; through boto3 it reads one object at a time."""
-        return bool(self.endpoint_url and self._static_credentials)
+        """``get_many`` pipelines its GETs when it goes through ``s3get`` (``_direct``: an
+        explicit endpoint with static credentials); through boto3 it reads one at a time."""
+        return self._direct() is not None
 
     def create_bucket(
         self,

@@ -105,7 +105,7 @@ def _ahead(store: ObjectStore, window: int) -> ObjectStore:
     """``store`` when its ``get_many`` reads ahead itself (pipelined GETs: a thread beside it
     only adds hand-overs and GIL switches, ~3 s of CPU per 10 000 objects while both cores
     are free, little when the other one is busy), else a view whose thread fetches ahead."""
-    if getattr(store, "reads_ahead", False):
+    if store.reads_ahead:
         return store
     return _ReadAhead(store, window)  # type: ignore[return-value]
 
