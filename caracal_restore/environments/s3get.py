@@ -141,21 +141,8 @@ class ObjectGetter:
 
     def _get(self, path: str, query: str = "") -> tuple[int, bytes]:
         """Status and body of a signed GET of ``path`` (URI-encoded) with a canonical query."""
-        request = self._request(path, query)
-        for attempt in (1, 2):
-            conn = self._connection()
-            try:
-                conn.send(request)
-                status, body, keep = conn.answer()
-            except ConnectionError:
-                self.close()
-                if attempt == 2:
-                    raise
-                continue
-            if not keep:
-                self.close()
-            return status, body
-        raise AssertionError("unreachable")
+        [(_, status, body)] = list(self._exchange([("", self._request(path, query))]))
+        return status, body
 
     def _object_path(self, key: str) -> str:
         return f"{self._prefix}/{quote(self.bucket, safe='')}/{quote(key, safe='/~')}"
@@ -212,13 +199,31 @@ class ObjectGetter:
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | ObjectGetError]]:
         """``(key, bytes)`` per key in order; a failed key yields its error and the rest go on.
 
+        The GETs are pipelined (``_exchange``): up to ``window`` are on their way at once.
+        """
+        try:
+            for key, status, body in self._exchange(
+                    (key, self._request(self._object_path(key))) for key in keys):
+                if status == 200:
+                    yield key, body
+                else:
+                    yield key, ObjectGetError(f"GetObject {key}: HTTP {status} "
+                                              f"{_error_code(body)}")
+        finally:
+            self.close()
+
+    def _exchange(self, requests: Iterable[tuple[str, bytes]]
+                  ) -> Iterator[tuple[str, int, bytes]]:
+        """``(name, status, body)`` of each ``(name, request)``, in order, on the connection.
+
         Up to ``window`` requests are written before the first of their answers is read
         (HTTP/1.1 pipelining; the answers come in the order of the requests). When the
         connection drops, or an answer closes it, the requests not yet answered are sent
         again on a new one (a GET changes nothing); a drop before any answer on the new
-        connection raises.
+        connection raises. The connection stays open for the next exchange unless one was
+        left with answers unread.
         """
-        keys = iter(keys)
+        requests = iter(requests)
         sent: collections.deque[tuple[str, bytes]] = collections.deque()  # not yet answered
         again: collections.deque[tuple[str, bytes]] = collections.deque()  # to send again
         more = True
@@ -229,8 +234,8 @@ class ObjectGetter:
                 while len(sent) < self._window:
                     if again:
                         item = again.popleft()
-                    elif more and (key := next(keys, None)) is not None:
-                        item = (key, self._request(self._object_path(key)))
+                    elif more and (offered := next(requests, None)) is not None:
+                        item = offered
                     else:
                         more = False
                         break
@@ -252,18 +257,15 @@ class ObjectGetter:
                     sent.clear()
                     continue
                 drops = 0
-                key = sent.popleft()[0]
+                name = sent.popleft()[0]
                 if not keep:  # the server closes after this answer: the rest go again
                     self.close()
                     again.extendleft(reversed(sent))
                     sent.clear()
-                if status == 200:
-                    yield key, body
-                else:
-                    yield key, ObjectGetError(f"GetObject {key}: HTTP {status} "
-                                              f"{_error_code(body)}")
+                yield name, status, body
         finally:
-            self.close()
+            if sent:  # stopped with answers unread: the connection cannot be used again
+                self.close()
 
 
 class _Connection:
