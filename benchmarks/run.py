@@ -276,14 +276,11 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         checks["early"] = {**checks.get("early", {}), **facts}
         pending(checks["early"])
 
-    def start_checks(early: dict[str, str | None] | None = None) -> None:
-        """As ``pytest checks -n`` does with the run it builds: the check processes start as
-        the restore begins, told where the archive's background reading is and the run's stack
-        (a pending state file, which says when the restored data is loaded too), and wait for
-        the run's state
-        (written whole, in its place, when it is ready)."""
-        if early is not None:
-            told(**early)
+    def start_checks() -> None:
+        """As ``pytest checks -n`` does with the run it builds: the check processes start once
+        the restored data is loaded, told where the archive's background reading is and the
+        run's stack (a pending state file), and wait for the run's state (written whole, in its
+        place, when it is ready)."""
         out = (work / f"{tag}-pytest.out").open("w")
         checks["out"] = out
         checks["proc"] = subprocess.Popen(
@@ -308,8 +305,8 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         SAMPLER.phase = "pipeline (other)"
         try:
             with pipeline.run_pipeline(
-                    spec, stack, on_restore=start_checks,
-                    on_loaded=lambda: told(loaded=True),
+                    spec, stack, on_restore=lambda early: told(**early),
+                    on_loaded=lambda: (told(loaded=True), start_checks()),
                     on_restored=lambda databases, release: told(restored={
                         "databases": {k: dataclasses.asdict(v) for k, v in databases.items()},
                         "release": release}),

@@ -119,13 +119,13 @@ def run_pipeline(spec: PipelineSpec, stack: IsolatedStack, *,
                  ) -> Iterator[RunState]:
     """Build the run on an isolated stack; tear down what it started when the block ends.
 
-    ``on_restore`` is called as the restore begins (the check processes can start then: what
-    is left of the run leaves a core idle for long stretches), with what the run's state will
-    say about the archive's background reading (``archive_bucket``, ``archive_cache``), so
-    that they can load it meanwhile; ``on_loaded`` once, when the restored data is loaded:
-    the last database's index builds have begun (``restore.data_loaded``; they use one
-    backend, and the services' start, which follows, mostly copies files: a core is idle), or
-    at the latest when the restore is complete; ``on_restored`` with the restored databases
+    ``on_restore`` is called as the restore begins, with what the run's state will say about
+    the archive's background reading (``archive_bucket``, ``archive_cache``), so that the
+    check processes can load it before the run is ready; ``on_loaded`` once, when the restored
+    data is loaded: the last database's index builds have begun (``restore.data_loaded``; they
+    use one backend, and the services' start, which follows, mostly copies files: a core is
+    idle, and the check processes can start then), or at the latest when the restore is
+    complete; ``on_restored`` with the restored databases
     and the release once the restore is complete, its release known and the services' writable
     copy made (what it starts may then read the restored databases while the services start).
     """

@@ -3,6 +3,7 @@ bad input restores nothing, and the work directory is kept only when asked."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -415,6 +416,42 @@ def test_loaded_stack_is_known_before_the_run_is_ready(scratch: Path) -> None:
 
     handle.early = {"stack": {"not": "a stack"}}
     assert loaded_stack(handle) is None
+
+
+def test_workers_start_once_the_restored_data_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller lets xdist start the workers when the run says its restored data is
+    loaded, not as the restore begins (their start slowed the data load), with what the run
+    said at the restore's start about the archive's reading (pure logic: the stack and the
+    pipeline are stand-ins)."""
+    from types import SimpleNamespace
+
+    from fixtures import environment
+
+    steps: list[str] = []
+    begun = threading.Event()
+
+    @contextlib.contextmanager
+    def pipeline(spec: Any, stack: Any, *, on_restore: Any, on_loaded: Any,
+                 on_restored: Any) -> Iterator[Any]:
+        on_restore({"archive_bucket": "b", "archive_cache": "/c"})
+        steps.append(f"restore begun; workers started: {begun.is_set()}")
+        on_loaded()
+        steps.append(f"loaded; workers started: {begun.is_set()}")
+        yield "state"
+
+    monkeypatch.setattr(environment, "start_stack", lambda spec: contextlib.nullcontext("stack"))
+    monkeypatch.setattr(environment, "stack_spec", lambda cfg: None)
+    monkeypatch.setattr(environment, "pipeline_spec", lambda cfg: None)
+    monkeypatch.setattr(environment, "run_pipeline", pipeline)
+    handle = environment.RunHandle()
+    cfg = SimpleNamespace(run_state=None)
+    environment._build(handle, cfg, lambda state: state, begun, None)  # type: ignore[arg-type]
+    assert steps == ["restore begun; workers started: False", "loaded; workers started: True"]
+    assert handle.early == {"archive_bucket": "b", "archive_cache": "/c"}
+    assert handle.loaded.is_set()
+    assert handle.state == "state"
+    assert handle.exit_stack is not None
+    handle.exit_stack.close()
 
 
 def test_selects_whole_module(tmp_path: Path) -> None:
