@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import os
 import shutil
@@ -186,7 +185,10 @@ def test_restore_happens_once_under_xdist(pytester: pytest.Pytester,
     _checks_package(pytester, STATE_CHECK, 4)
     started = scratch / "started"
     started.mkdir()
-    (pytester.path / "worker_start.py").write_text(WORKER_START.format(out=str(started)))
+    phases = scratch / "phases"
+    phases.mkdir()
+    (pytester.path / "worker_start.py").write_text(WORKER_START.format(out=str(started),
+                                                                       phases=str(phases)))
     result = pytester.runpytest_subprocess(
         "checks", "-n", "2", "-p", "no:cacheprovider", "-p", "worker_start", "--services",
         "none", "--reference-audit-events", "200", f"--alluredir={scratch / 'once-allure'}")
@@ -195,13 +197,15 @@ def test_restore_happens_once_under_xdist(pytester: pytest.Pytester,
     pids = {p.name.split("-")[0] for p in marks.iterdir()}
     assert len(pids) == 2, "the run did not use two workers"
     assert len({json.dumps(s, sort_keys=True) for s in seen}) == 1, "workers saw different runs"
-    # The workers started while the backup was restored (the run builds in a thread of its
-    # own, and the plugin makes the restore last 5 s more), and yet every check saw the
-    # finished run.
-    restored_at = dt.datetime.fromisoformat(seen[0]["restored_at"]).timestamp()
+    # The workers started once the restored data was loaded, not as the restore began, and
+    # before the run was ready (the run builds in a thread of its own, and the plugin makes the
+    # restore's data load begin 5 s late and the run ready 5 s after it), and yet every check
+    # saw the finished run.
+    at = {p.name: float(p.read_text()) for p in phases.iterdir()}
     starts = [json.loads(p.read_text()) for p in started.iterdir()]
     assert len(starts) == 2
-    assert max(s["at"] for s in starts) < restored_at, (starts, restored_at)
+    assert at["loading"] < min(s["at"] for s in starts), "a worker started as the restore began"
+    assert max(s["at"] for s in starts) < at["ready"], "the workers waited for the run"
     # ... told where the archive's background reading is, to load it once the restore is done.
     assert all(s["early"]["archive_bucket"] and s["early"]["archive_cache"] for s in starts)
     assert "caracal-restore: release 2026.06, source reference" in result.stdout.str()
@@ -218,17 +222,30 @@ def pytest_configure(config):
         with open({out!r} + "/" + config.workerinput["workerid"], "w") as fh:
             json.dump({{"at": time.time(), "early": handoff.get("early")}}, fh)
         return
-    # Controller: a restore that takes 5 s longer (a tiny one takes less than a worker's start).
+    # Controller: a restore whose data load begins 5 s late, and a run ready 5 s after its
+    # restore (a tiny one takes less than a worker's start); when each begins is recorded.
     from caracal_restore import pipeline
     restore = pipeline.restore_bundle
+    release = pipeline._release
+
+    def mark(phase):
+        with open({phases!r} + "/" + phase, "w") as fh:
+            fh.write(repr(time.time()))
 
     @contextlib.contextmanager
     def slow_restore(*args, **kwargs):
         time.sleep(5)
+        mark("loading")
         with restore(*args, **kwargs) as restored:
             yield restored
 
+    def slow_release(*args, **kwargs):
+        time.sleep(5)
+        mark("ready")
+        return release(*args, **kwargs)
+
     pipeline.restore_bundle = slow_restore
+    pipeline._release = slow_release
 """
 
 WAITING_CHECK = '''

@@ -186,7 +186,7 @@ class _Scripted:
                 sock, _ = self.listener.accept()
             except OSError:
                 return
-            with sock:
+            with sock, contextlib.suppress(OSError):  # a client's reset ends its connection
                 self._one(sock, connection)
             connection += 1
 
