@@ -290,6 +290,12 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
         )
 
+    def loaded() -> None:
+        """The restored data is loaded: say so in the pending state file, then start the
+        check processes, which read it at once."""
+        told(loaded=True)
+        start_checks()
+
     # The controller of `pytest checks` builds the run after its pytest_configure, which sets
     # its collector as every process of a run of the checks has it (``collect_less_often``).
     # This process builds a run per measurement: the garbage of the one before is collected
@@ -306,7 +312,7 @@ def whole_suite(deployment: Any, stack: Any, events: int, work: Path,
         try:
             with pipeline.run_pipeline(
                     spec, stack, on_restore=lambda early: told(**early),
-                    on_loaded=lambda: (told(loaded=True), start_checks()),
+                    on_loaded=loaded,
                     on_restored=lambda databases, release: told(restored={
                         "databases": {k: dataclasses.asdict(v) for k, v in databases.items()},
                         "release": release}),
